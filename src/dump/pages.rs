@@ -1,0 +1,232 @@
+//! Memory contents: which pages to save (pagemap), and draining them out of the task with the
+//! parasite's vmsplice into a pipe that rcr splices into pages-PID.img. Only present or
+//! swapped pages that the kernel could not get back from a file are written.
+
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::fs::FileExt;
+
+use anyhow::{Context, Result, bail};
+use nix::fcntl::{FcntlArg, SpliceFFlags, fcntl, splice};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+
+use crate::image::proto::{PageMap, PageRun, Vma, VmaKind};
+use crate::parasite::Parasite;
+use crate::sys::pidfd;
+
+pub const PAGE_SIZE: u64 = 4096;
+const PM_PRESENT: u64 = 1 << 63;
+const PM_SWAPPED: u64 = 1 << 62;
+const PM_FILE: u64 = 1 << 61;
+const PAGEMAP_CHUNK: u64 = 64 * 1024;
+/// vmsplice and splice move at most this much per call; larger runs are cut.
+const MAX_RUN_BYTES: u64 = 1 << 30;
+const PIPE_SIZE: i32 = 1 << 20;
+
+/// Whether a page of this VMA, with this pagemap entry, must go into the image.
+fn wanted(kind: VmaKind, entry: u64) -> bool {
+    match kind {
+        VmaKind::AnonPrivate | VmaKind::Heap | VmaKind::Stack | VmaKind::AnonShared => {
+            entry & (PM_PRESENT | PM_SWAPPED) != 0
+        }
+        // Pages still shared with the page cache come back from the file itself.
+        VmaKind::FilePrivate => {
+            entry & PM_SWAPPED != 0 || (entry & PM_PRESENT != 0 && entry & PM_FILE == 0)
+        }
+        _ => false,
+    }
+}
+
+/// Scans pagemap and returns the runs of pages to save, marking the VMAs that have any.
+pub fn collect_runs(pid: i32, vmas: &mut [Vma]) -> Result<Vec<PageRun>> {
+    let pagemap = File::open(format!("/proc/{pid}/pagemap"))
+        .with_context(|| format!("pid {pid}: cannot open pagemap"))?;
+    let mut runs: Vec<PageRun> = Vec::new();
+    let mut buf = vec![0u8; (PAGEMAP_CHUNK * 8) as usize];
+    for vma in vmas.iter_mut() {
+        let kind = vma.kind();
+        if !matches!(
+            kind,
+            VmaKind::AnonPrivate
+                | VmaKind::Heap
+                | VmaKind::Stack
+                | VmaKind::AnonShared
+                | VmaKind::FilePrivate
+        ) {
+            continue;
+        }
+        let first_run = runs.len();
+        let mut page = vma.start / PAGE_SIZE;
+        let end = vma.end / PAGE_SIZE;
+        while page < end {
+            let count = (end - page).min(PAGEMAP_CHUNK);
+            let bytes = &mut buf[..(count * 8) as usize];
+            pagemap
+                .read_exact_at(bytes, page * 8)
+                .with_context(|| format!("pid {pid}: reading pagemap"))?;
+            for (i, entry) in bytes.chunks_exact(8).enumerate() {
+                let entry = u64::from_le_bytes(entry.try_into().unwrap());
+                if !wanted(kind, entry) {
+                    continue;
+                }
+                let vaddr = (page + i as u64) * PAGE_SIZE;
+                let in_this_vma = runs.len() > first_run;
+                match runs.last_mut() {
+                    Some(run)
+                        if in_this_vma
+                            && run.vaddr + run.nr_pages * PAGE_SIZE == vaddr
+                            && (run.nr_pages + 1) * PAGE_SIZE <= MAX_RUN_BYTES =>
+                    {
+                        run.nr_pages += 1
+                    }
+                    _ => runs.push(PageRun { vaddr, nr_pages: 1 }),
+                }
+            }
+            page += count;
+        }
+        vma.has_pages = runs.len() > first_run;
+    }
+    Ok(runs)
+}
+
+/// Moves the pages of `runs` out of the task into `out`, in order, with the parasite.
+pub fn drain(parasite: &mut Parasite, vmas: &[Vma], runs: &[PageRun], out: &File) -> Result<u64> {
+    let pid = parasite.tid;
+    // A pipe inside the task; rcr takes a copy of its read end.
+    let mut batch = parasite.batch();
+    let fds_addr = batch.reserve(8);
+    batch.syscall(libc::SYS_pipe2, &[fds_addr, libc::O_CLOEXEC as u64]);
+    let result = parasite.run(&batch)?;
+    if let Some((_, errno)) = result.failure() {
+        bail!("pid {pid}: cannot create the page pipe: {}", std::io::Error::from_raw_os_error(errno));
+    }
+    let fds = parasite.read(fds_addr, 8)?;
+    let task_read = i32::from_le_bytes(fds[0..4].try_into().unwrap());
+    let task_write = i32::from_le_bytes(fds[4..8].try_into().unwrap());
+    let outcome = drain_through(parasite, vmas, runs, out, task_read, task_write);
+    let mut close = parasite.batch();
+    close.syscall_may_fail(libc::SYS_close, &[task_read as u64]);
+    close.syscall_may_fail(libc::SYS_close, &[task_write as u64]);
+    let closed = parasite.run(&close);
+    let written = outcome?;
+    closed?;
+    Ok(written)
+}
+
+fn drain_through(
+    parasite: &mut Parasite,
+    vmas: &[Vma],
+    runs: &[PageRun],
+    out: &File,
+    task_read: i32,
+    task_write: i32,
+) -> Result<u64> {
+    let pid = parasite.tid;
+    let pidfd = pidfd::pidfd_open(pid)?;
+    let pipe = pidfd::pidfd_getfd(&pidfd, task_read)
+        .with_context(|| format!("pid {pid}: cannot take the page pipe"))?;
+    // As large as an unprivileged pipe may be; a smaller pipe only means more round trips.
+    let _ = fcntl(pipe.as_fd(), FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));
+
+    // Regions the task cannot read are opened for reading while they are drained.
+    let unreadable: Vec<&Vma> = vmas
+        .iter()
+        .filter(|v| v.has_pages && v.prot & libc::PROT_READ as u32 == 0)
+        .collect();
+    let unreadable_of = |addr: u64| unreadable.iter().find(|v| v.start <= addr && addr < v.end);
+
+    let mut written = 0u64;
+    let mut next = 0;
+    let mut open_vma: Option<&Vma> = None;
+    while next < runs.len() {
+        let mut batch = parasite.batch();
+        let mut batch_bytes = 0u64;
+        while next < runs.len() && batch.has_room(3, 16) {
+            let run = &runs[next];
+            let vma = unreadable_of(run.vaddr).copied();
+            if vma.map(|v| v.start) != open_vma.map(|v| v.start) {
+                if let Some(prev) = open_vma.take() {
+                    batch.syscall(libc::SYS_mprotect, &[prev.start, prev.end - prev.start, prev.prot.into()]);
+                }
+                if let Some(v) = vma {
+                    batch.syscall(libc::SYS_mprotect, &[v.start, v.end - v.start, libc::PROT_READ as u64]);
+                    open_vma = Some(v);
+                }
+            }
+            let len = run.nr_pages * PAGE_SIZE;
+            let mut iov = run.vaddr.to_le_bytes().to_vec();
+            iov.extend_from_slice(&len.to_le_bytes());
+            let iov_addr = batch.put(&iov);
+            batch.syscall_flags(
+                libc::SYS_vmsplice,
+                &[task_write as u64, iov_addr, 1, 0],
+                crate::parasite::blob::FLAG_REPEAT_IOVEC,
+            );
+            batch_bytes += len;
+            next += 1;
+        }
+        if next == runs.len()
+            && let Some(prev) = open_vma.take()
+        {
+            batch.syscall(libc::SYS_mprotect, &[prev.start, prev.end - prev.start, prev.prot.into()]);
+        }
+        parasite.start(&batch)?;
+        let received = splice_out(parasite, &pipe, out, batch_bytes);
+        let result = parasite.finish()?;
+        if let Some((index, errno)) = result.failure() {
+            restore_protections(parasite, &unreadable);
+            bail!(
+                "pid {pid}: draining memory failed at step {index}: {}",
+                std::io::Error::from_raw_os_error(errno)
+            );
+        }
+        let received = received?;
+        if received != batch_bytes {
+            bail!("pid {pid}: {received} bytes of memory drained, {batch_bytes} expected");
+        }
+        written += received;
+    }
+    Ok(written)
+}
+
+/// Splices what the parasite pushes into the pipe until `expected` bytes arrived or the
+/// parasite stopped.
+fn splice_out(parasite: &Parasite, pipe: &impl AsFd, out: &File, expected: u64) -> Result<u64> {
+    let mut received = 0u64;
+    while received < expected {
+        let mut fds = [PollFd::new(pipe.as_fd(), PollFlags::POLLIN)];
+        let ready = poll(&mut fds, PollTimeout::from(50u16))?;
+        if ready == 0 {
+            if parasite.poll_finished()? {
+                break;
+            }
+            continue;
+        }
+        let chunk = (expected - received).min(PIPE_SIZE as u64 * 4) as usize;
+        let n = splice(pipe.as_fd(), None, out.as_fd(), None, chunk, SpliceFFlags::SPLICE_F_MOVE)
+            .with_context(|| format!("splicing pages to fd {}", out.as_raw_fd()))?;
+        received += n as u64;
+    }
+    Ok(received)
+}
+
+/// After a failure, puts back the protections of regions opened for reading.
+fn restore_protections(parasite: &mut Parasite, vmas: &[&Vma]) {
+    if vmas.is_empty() {
+        return;
+    }
+    let mut batch = parasite.batch();
+    for v in vmas {
+        batch.syscall_may_fail(libc::SYS_mprotect, &[v.start, v.end - v.start, v.prot.into()]);
+    }
+    let _ = parasite.run(&batch);
+}
+
+pub fn page_map(runs: Vec<PageRun>) -> PageMap {
+    PageMap {
+        page_size: PAGE_SIZE as u32,
+        pages_total: runs.iter().map(|r| r.nr_pages).sum(),
+        runs,
+    }
+}
+

@@ -1,0 +1,1 @@
+//! Page data files: raw, page-aligned contents described by pagemap-PID.img.

@@ -1,0 +1,9 @@
+//! rcr: checkpoint and restore of Linux processes.
+
+pub mod dump;
+pub mod image;
+pub mod log;
+pub mod parasite;
+pub mod ptrace;
+pub mod restore;
+pub mod sys;

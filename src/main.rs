@@ -1,0 +1,102 @@
+//! The rcr command line: parse, call the library, turn errors into one line and an exit code.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use rcr::dump::{AfterDump, DumpOptions};
+use rcr::restore::RestoreOptions;
+
+#[derive(Parser)]
+#[command(name = "rcr", version, about = "Checkpoint and restore Linux processes")]
+struct Cli {
+    /// More detail on stderr (-v info, -vv debug).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Write the log to FILE instead of stderr.
+    #[arg(short = 'o', long = "log-file", global = true, value_name = "FILE")]
+    log_file: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Dump a process into a directory of images.
+    Dump {
+        /// The process to dump.
+        #[arg(short = 't', long = "tree", value_name = "PID")]
+        pid: i32,
+        /// The image directory (created if missing).
+        #[arg(short = 'D', long = "images-dir", value_name = "DIR")]
+        dir: PathBuf,
+        /// Let the process run on after the dump instead of killing it.
+        #[arg(long, conflicts_with = "leave_stopped")]
+        leave_running: bool,
+        /// Leave the process stopped (SIGSTOP) after the dump.
+        #[arg(long)]
+        leave_stopped: bool,
+    },
+    /// Restore a process from a directory of images.
+    Restore {
+        #[arg(short = 'D', long = "images-dir", value_name = "DIR")]
+        dir: PathBuf,
+        /// Return as soon as the process runs, instead of waiting for it to exit.
+        #[arg(short, long)]
+        detach: bool,
+        /// Write the restored root's PID to FILE.
+        #[arg(long, value_name = "FILE")]
+        pidfile: Option<PathBuf>,
+    },
+}
+
+fn run(cli: Cli) -> anyhow::Result<u8> {
+    let log_file = match &cli.log_file {
+        Some(path) => Some(std::fs::File::create(path)?),
+        None => None,
+    };
+    rcr::log::init(cli.verbose, log_file);
+    match cli.command {
+        Command::Dump {
+            pid,
+            dir,
+            leave_running,
+            leave_stopped,
+        } => {
+            let after = if leave_running {
+                AfterDump::LeaveRunning
+            } else if leave_stopped {
+                AfterDump::LeaveStopped
+            } else {
+                AfterDump::Kill
+            };
+            rcr::dump::dump(&DumpOptions { pid, dir, after })?;
+            Ok(0)
+        }
+        Command::Restore {
+            dir,
+            detach,
+            pidfile,
+        } => {
+            let code = rcr::restore::restore(&RestoreOptions {
+                dir,
+                detach,
+                pidfile,
+            })?;
+            Ok(code.clamp(0, 255) as u8)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            // One line: the outermost context and its causes, joined.
+            let causes: Vec<String> = err.chain().map(|c| c.to_string()).collect();
+            eprintln!("rcr: {}", causes.join(": "));
+            ExitCode::FAILURE
+        }
+    }
+}

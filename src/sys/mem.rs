@@ -1,0 +1,45 @@
+//! Anonymous memory for measuring what the machine can do (benchmarks' limits).
+
+use std::io;
+use std::ptr::NonNull;
+
+/// An anonymous private mapping, unmapped on drop.
+pub struct AnonMapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+impl AnonMapping {
+    pub fn new(len: usize) -> io::Result<AnonMapping> {
+        // SAFETY: a fresh anonymous mapping that nothing else references.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(AnonMapping {
+            ptr: NonNull::new(ptr.cast()).expect("mmap returned null"),
+            len,
+        })
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: the mapping is len bytes, readable and writable, and owned by self.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for AnonMapping {
+    fn drop(&mut self) {
+        // SAFETY: unmapping the region this value owns.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}

@@ -1,0 +1,105 @@
+//! ptrace requests that nix does not wrap: the XSAVE regset, signal masks, rseq configuration.
+
+use std::io;
+use std::mem::size_of;
+
+use super::check;
+
+pub type Regs = libc::user_regs_struct;
+
+const NT_X86_XSTATE: usize = 0x202;
+const PTRACE_GETSIGMASK: libc::c_uint = 0x420a;
+const PTRACE_SETSIGMASK: libc::c_uint = 0x420b;
+const PTRACE_GET_RSEQ_CONFIGURATION: libc::c_uint = 0x420f;
+
+/// Reads the thread's XSAVE area (NT_X86_XSTATE). `max_size` must be at least the size the
+/// kernel uses (CPUID 0xD); the result is trimmed to what the kernel returned.
+pub fn get_xstate(tid: i32, max_size: usize) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; max_size];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: the kernel writes at most iov_len bytes into buf, which lives across the call.
+    check(unsafe {
+        libc::ptrace(
+            libc::PTRACE_GETREGSET,
+            tid,
+            NT_X86_XSTATE as *mut libc::c_void,
+            &mut iov as *mut libc::iovec,
+        )
+    })?;
+    buf.truncate(iov.iov_len);
+    Ok(buf)
+}
+
+pub fn set_xstate(tid: i32, xstate: &[u8]) -> io::Result<()> {
+    let mut copy = xstate.to_vec();
+    let mut iov = libc::iovec {
+        iov_base: copy.as_mut_ptr().cast(),
+        iov_len: copy.len(),
+    };
+    // SAFETY: the kernel reads iov_len bytes from a live buffer.
+    check(unsafe {
+        libc::ptrace(
+            libc::PTRACE_SETREGSET,
+            tid,
+            NT_X86_XSTATE as *mut libc::c_void,
+            &mut iov as *mut libc::iovec,
+        )
+    })?;
+    Ok(())
+}
+
+pub fn get_sigmask(tid: i32) -> io::Result<u64> {
+    let mut mask: u64 = 0;
+    // SAFETY: the kernel writes 8 bytes (the size passed) into `mask`.
+    check(unsafe {
+        libc::ptrace(
+            PTRACE_GETSIGMASK,
+            tid,
+            size_of::<u64>() as *mut libc::c_void,
+            &mut mask as *mut u64,
+        )
+    })?;
+    Ok(mask)
+}
+
+pub fn set_sigmask(tid: i32, mask: u64) -> io::Result<()> {
+    // SAFETY: the kernel reads 8 bytes from `mask`.
+    check(unsafe {
+        libc::ptrace(
+            PTRACE_SETSIGMASK,
+            tid,
+            size_of::<u64>() as *mut libc::c_void,
+            &mask as *const u64,
+        )
+    })?;
+    Ok(())
+}
+
+/// struct ptrace_rseq_configuration.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RseqConfig {
+    pub rseq_abi_pointer: u64,
+    pub rseq_abi_size: u32,
+    pub signature: u32,
+    pub flags: u32,
+    pub pad: u32,
+}
+
+/// The thread's registered rseq area, or None when it has none.
+pub fn get_rseq_config(tid: i32) -> io::Result<Option<RseqConfig>> {
+    let mut config = RseqConfig::default();
+    // SAFETY: the kernel writes at most size_of::<RseqConfig>() bytes into `config`.
+    check(unsafe {
+        libc::ptrace(
+            PTRACE_GET_RSEQ_CONFIGURATION,
+            tid,
+            size_of::<RseqConfig>() as *mut libc::c_void,
+            &mut config as *mut RseqConfig,
+        )
+    })?;
+    Ok((config.rseq_abi_pointer != 0).then_some(config))
+}
