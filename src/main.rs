@@ -49,6 +49,15 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         pidfile: Option<PathBuf>,
     },
+    /// Show which kernel features rcr needs and whether this machine has them.
+    Check,
+    /// Decode every image of a directory.
+    Show {
+        dir: PathBuf,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn run(cli: Cli) -> anyhow::Result<u8> {
@@ -85,6 +94,11 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 pidfile,
             })?;
             Ok(code.clamp(0, 255) as u8)
+        }
+        Command::Check => Ok(if rcr::check::check()? { 0 } else { 1 }),
+        Command::Show { dir, json } => {
+            rcr::show::show(&dir, json)?;
+            Ok(0)
         }
     }
 }
