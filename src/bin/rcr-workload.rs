@@ -1,0 +1,302 @@
+//! rcr-workload: the test program rcr's integration tests dump and restore.
+//!
+//! Usage: `rcr-workload SCENARIO DIR`
+//!
+//! The workload sets up the scenario's state, reads /proc/self/maps, writes DIR/ready
+//! (atomically, containing its pid), waits until DIR/go exists, then verifies its state and
+//! prints exactly `PASS` or `FAIL: <reason>` on stdout, exiting 0 or 1. Between ready and the
+//! verification it allocates nothing and maps nothing, so the maps can be compared. It is
+//! single-threaded and does not use the rcr library.
+//!
+//! Scenarios: memory sparse prot filemap brk tls vector nanosleep futex stdio counter all.
+//!
+//! The workload calls setsid() first so it is the leader of its own session and process
+//! group (set RCR_WORKLOAD_NO_SETSID=1 to keep the caller's session, e.g. for a shell job).
+
+// The modules live in src/bin/rcr-workload/ (a crate root file takes its modules from its
+// own directory, and files directly in src/bin/ would become binaries).
+#[path = "rcr-workload/blocking.rs"]
+mod blocking;
+#[path = "rcr-workload/parts.rs"]
+mod parts;
+#[path = "rcr-workload/sys.rs"]
+mod sys;
+#[path = "rcr-workload/vector.rs"]
+mod vector;
+
+use parts::Part;
+use std::ffi::CString;
+use std::fmt;
+use std::fmt::Write;
+use std::path::{Path, PathBuf};
+use sys::{Msg, Shown, out};
+
+/// Records a failure (only the first message is kept) without allocating.
+#[macro_export]
+macro_rules! fail {
+    ($chk:expr, $($arg:tt)*) => {
+        $chk.fail(format_args!($($arg)*))
+    };
+}
+
+/// The outcome of the verification.
+pub struct Check {
+    first: Msg,
+    failures: u32,
+}
+
+impl Check {
+    fn new() -> Check {
+        Check {
+            first: Msg::new(),
+            failures: 0,
+        }
+    }
+
+    pub fn fail(&mut self, args: fmt::Arguments<'_>) {
+        if self.failures == 0 {
+            let _ = self.first.write_fmt(args);
+        }
+        self.failures += 1;
+    }
+
+    /// Prints PASS or FAIL and exits.
+    fn finish(self) -> ! {
+        if self.failures == 0 {
+            out(b"PASS\n");
+            std::process::exit(0);
+        }
+        let mut m = Msg::new();
+        let _ = write!(m, "FAIL: {}", Shown(self.first.as_bytes()));
+        if self.failures > 1 {
+            let _ = write!(m, " (and {} more failures)", self.failures - 1);
+        }
+        let _ = writeln!(m);
+        out(m.as_bytes());
+        std::process::exit(1);
+    }
+}
+
+/// Paths and identity, all prepared before ready.
+pub struct Ctx {
+    dir: PathBuf,
+    pub go: CString,
+    ready: CString,
+    ready_tmp: CString,
+    pub pid: i32,
+}
+
+impl Ctx {
+    fn new(dir: &Path) -> Ctx {
+        Ctx {
+            dir: dir.to_path_buf(),
+            go: sys::cstring(&dir.join("go")),
+            ready: sys::cstring(&dir.join("ready")),
+            ready_tmp: sys::cstring(&dir.join("ready.tmp")),
+            pid: sys::getpid(),
+        }
+    }
+
+    /// DIR/name as a C string (setup only: allocates).
+    pub fn path(&self, name: &str) -> CString {
+        sys::cstring(&self.dir.join(name))
+    }
+}
+
+/// Writes DIR/ready.tmp with the pid, then renames it to DIR/ready.
+pub fn write_ready(ctx: &Ctx, pid: i32) -> Result<(), i32> {
+    let mut m = Msg::new();
+    let _ = writeln!(m, "{pid}");
+    let fd = sys::open(
+        &ctx.ready_tmp,
+        libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC,
+        0o644,
+    )?;
+    let r = sys::write_all(fd, m.as_bytes());
+    sys::close(fd);
+    r?;
+    // SAFETY: both paths are NUL-terminated.
+    if unsafe { libc::rename(ctx.ready_tmp.as_ptr(), ctx.ready.as_ptr()) } != 0 {
+        return Err(sys::errno());
+    }
+    Ok(())
+}
+
+/// How the scenario waits for go.
+enum Wait {
+    /// access(go) every 20 ms.
+    Poll,
+    Nanosleep(blocking::Nanosleep),
+    Futex(blocking::Futex),
+    /// Inside the vector registers' asm block (which sleeps with clock_nanosleep).
+    Vector(Box<vector::Vector>),
+}
+
+impl Wait {
+    fn run(&mut self, ctx: &Ctx) {
+        match self {
+            Wait::Poll => sys::wait_for(&ctx.go),
+            Wait::Nanosleep(n) => n.run(ctx),
+            Wait::Futex(f) => f.run(ctx),
+            Wait::Vector(v) => v.run(),
+        }
+    }
+
+    fn verify(&self, chk: &mut Check) {
+        match self {
+            Wait::Poll => {}
+            Wait::Nanosleep(n) => n.verify(chk),
+            Wait::Futex(f) => f.verify(chk),
+            Wait::Vector(v) => v.verify(chk),
+        }
+    }
+}
+
+type Setup = (Vec<Box<dyn Part>>, Wait);
+
+fn setup(scenario: &str, ctx: &Ctx) -> Result<Setup, String> {
+    let mut parts: Vec<Box<dyn Part>> = Vec::with_capacity(16);
+    let wait = match scenario {
+        "memory" => {
+            parts.push(Box::new(parts::Memory::new(256 << 20)?));
+            Wait::Poll
+        }
+        "sparse" => {
+            parts.push(Box::new(parts::Sparse::new()?));
+            Wait::Poll
+        }
+        "prot" => {
+            parts.push(Box::new(parts::Prot::new()?));
+            Wait::Poll
+        }
+        "filemap" => {
+            parts.push(Box::new(parts::FileMap::new(ctx)?));
+            Wait::Poll
+        }
+        "brk" => {
+            parts.push(Box::new(parts::Brk::new()?));
+            Wait::Poll
+        }
+        "tls" => {
+            parts.push(Box::new(parts::Tls::new(ctx.pid)?));
+            Wait::Poll
+        }
+        "stdio" => {
+            parts.push(Box::new(parts::Stdio::new(ctx)?));
+            Wait::Poll
+        }
+        "vector" => Wait::Vector(Box::new(vector::Vector::new(&ctx.go, 20_000_000))),
+        "nanosleep" => Wait::Nanosleep(blocking::Nanosleep::new()),
+        "futex" => Wait::Futex(blocking::Futex::new()),
+        "all" => {
+            let wait = Wait::Vector(Box::new(vector::Vector::new(&ctx.go, 5_000_000_000)));
+            parts.push(Box::new(parts::Memory::new(32 << 20)?));
+            parts.push(Box::new(parts::Sparse::new()?));
+            parts.push(Box::new(parts::Prot::new()?));
+            parts.push(Box::new(parts::FileMap::new(ctx)?));
+            parts.push(Box::new(parts::Tls::new(ctx.pid)?));
+            parts.push(Box::new(parts::Stdio::new(ctx)?));
+            // Last: any heap allocation after it could move the program break.
+            parts.push(Box::new(parts::Brk::new()?));
+            wait
+        }
+        _ => return Err(format!("unknown scenario `{scenario}`")),
+    };
+    Ok((parts, wait))
+}
+
+/// Grows the stack now, so the verification never extends the [stack] mapping.
+#[inline(never)]
+fn touch_stack() {
+    let mut buf = [0u8; 512 * 1024];
+    std::hint::black_box(&mut buf);
+}
+
+/// Names the first line where two /proc/self/maps snapshots differ.
+fn compare_maps(before: &[u8], after: &[u8], chk: &mut Check) {
+    if before == after {
+        return;
+    }
+    let mut a = before.split(|&b| b == b'\n');
+    let mut b = after.split(|&b| b == b'\n');
+    let mut line = 1;
+    loop {
+        match (a.next(), b.next()) {
+            (Some(x), Some(y)) if x == y => line += 1,
+            (x, y) => {
+                fail!(
+                    chk,
+                    "/proc/self/maps differs at line {line}: before `{}`, after `{}`",
+                    Shown(x.unwrap_or(b"<none>")),
+                    Shown(y.unwrap_or(b"<none>"))
+                );
+                return;
+            }
+        }
+    }
+}
+
+fn die(what: fmt::Arguments<'_>) -> ! {
+    let mut m = Msg::new();
+    let _ = writeln!(m, "FAIL: {what}");
+    out(m.as_bytes());
+    std::process::exit(1);
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() != 3 {
+        eprintln!("usage: rcr-workload SCENARIO DIR");
+        std::process::exit(2);
+    }
+    if std::env::var_os("RCR_WORKLOAD_NO_SETSID").is_none() {
+        // SAFETY: setsid has no memory effects; it fails harmlessly if already a leader.
+        unsafe { libc::setsid() };
+    }
+    let scenario = args[1].as_str();
+    let ctx = Ctx::new(Path::new(&args[2]));
+    if scenario == "counter" {
+        blocking::counter(&ctx);
+    }
+
+    // Everything the verification needs is allocated before the setup (brk comes last).
+    let mut maps_before = vec![0u8; 4 << 20];
+    let mut maps_after = vec![0u8; 4 << 20];
+    let maps_path = c"/proc/self/maps";
+
+    let (mut parts, mut wait) = match setup(scenario, &ctx) {
+        Ok(s) => s,
+        Err(e) => die(format_args!("setup of {scenario}: {e}")),
+    };
+    for p in parts.iter_mut() {
+        p.before_ready();
+    }
+    touch_stack();
+
+    let pid = sys::getpid();
+    let n_before = match sys::read_file_into(maps_path, &mut maps_before) {
+        Ok(n) => n,
+        Err(e) => die(format_args!("reading /proc/self/maps: errno {e}")),
+    };
+    if let Err(e) = write_ready(&ctx, pid) {
+        die(format_args!("writing ready: errno {e}"));
+    }
+
+    wait.run(&ctx);
+
+    let n_after = sys::read_file_into(maps_path, &mut maps_after);
+    let pid_after = sys::getpid();
+    let mut chk = Check::new();
+    match n_after {
+        Ok(n) => compare_maps(&maps_before[..n_before], &maps_after[..n], &mut chk),
+        Err(e) => fail!(chk, "reading /proc/self/maps after go: errno {e}"),
+    }
+    if pid_after != pid {
+        fail!(chk, "getpid() is {pid_after}, expected {pid}");
+    }
+    for p in parts.iter_mut() {
+        p.verify(&mut chk);
+    }
+    wait.verify(&mut chk);
+    chk.finish();
+}

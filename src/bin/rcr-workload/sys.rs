@@ -1,0 +1,303 @@
+//! Small wrappers around the libc calls the workload needs. Everything here is usable between
+//! "ready" and the verification: no heap allocation, no new mappings (except `Mapping::*`,
+//! which is only called during setup).
+
+use std::ffi::{CStr, CString};
+use std::fmt;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+/// A fixed-capacity text buffer: formatting into it never allocates. Text beyond the capacity
+/// is dropped.
+pub struct Msg {
+    buf: [u8; 2048],
+    len: usize,
+}
+
+impl Msg {
+    pub const fn new() -> Self {
+        Msg {
+            buf: [0; 2048],
+            len: 0,
+        }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl fmt::Write for Msg {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let n = s.len().min(self.buf.len() - self.len);
+        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        Ok(())
+    }
+}
+
+/// Shows bytes as text, escaping what is not printable ASCII (for FAIL messages).
+pub struct Shown<'a>(pub &'a [u8]);
+
+impl fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for &b in self.0 {
+            if (0x20..0x7f).contains(&b) {
+                fmt::Write::write_char(f, b as char)?;
+            } else {
+                write!(f, "\\x{b:02x}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+pub fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+pub fn cstring(path: &Path) -> CString {
+    CString::new(path.as_os_str().as_bytes()).expect("path without NUL")
+}
+
+pub fn page_size() -> usize {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if n > 0 { n as usize } else { 4096 }
+}
+
+pub fn getpid() -> i32 {
+    // SAFETY: getpid cannot fail and touches no memory.
+    unsafe { libc::getpid() }
+}
+
+/// Writes all of `data` to `fd` (retrying short writes and EINTR).
+pub fn write_all(fd: i32, mut data: &[u8]) -> Result<(), i32> {
+    while !data.is_empty() {
+        // SAFETY: the pointer and length describe a live slice.
+        let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
+        if n < 0 {
+            let e = errno();
+            if e == libc::EINTR {
+                continue;
+            }
+            return Err(e);
+        }
+        data = &data[n as usize..];
+    }
+    Ok(())
+}
+
+/// Writes to stdout (fd 1) directly, unbuffered.
+pub fn out(data: &[u8]) {
+    let _ = write_all(1, data);
+}
+
+/// Reads the whole file `path` into `buf`; returns the length, or an errno. Fails with EFBIG
+/// when the buffer is too small.
+pub fn read_file_into(path: &CStr, buf: &mut [u8]) -> Result<usize, i32> {
+    let fd = open(path, libc::O_RDONLY | libc::O_CLOEXEC, 0)?;
+    let mut len = 0;
+    let result = loop {
+        if len == buf.len() {
+            break Err(libc::EFBIG);
+        }
+        // SAFETY: reading into the unused tail of `buf`.
+        let n = unsafe { libc::read(fd, buf[len..].as_mut_ptr().cast(), buf.len() - len) };
+        if n < 0 {
+            let e = errno();
+            if e == libc::EINTR {
+                continue;
+            }
+            break Err(e);
+        }
+        if n == 0 {
+            break Ok(len);
+        }
+        len += n as usize;
+    };
+    close(fd);
+    result
+}
+
+pub fn open(path: &CStr, flags: i32, mode: libc::mode_t) -> Result<i32, i32> {
+    // SAFETY: `path` is NUL-terminated.
+    let fd = unsafe { libc::open(path.as_ptr(), flags, mode as libc::c_uint) };
+    if fd < 0 { Err(errno()) } else { Ok(fd) }
+}
+
+pub fn close(fd: i32) {
+    // SAFETY: closing an fd this program opened itself.
+    unsafe { libc::close(fd) };
+}
+
+/// pread that fills `buf` completely or fails.
+pub fn pread_exact(fd: i32, buf: &mut [u8], offset: i64) -> Result<(), i32> {
+    let mut done = 0;
+    while done < buf.len() {
+        // SAFETY: reading into the unused tail of `buf`.
+        let n = unsafe {
+            libc::pread(
+                fd,
+                buf[done..].as_mut_ptr().cast(),
+                buf.len() - done,
+                offset + done as i64,
+            )
+        };
+        if n < 0 {
+            let e = errno();
+            if e == libc::EINTR {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(libc::ENODATA);
+        }
+        done += n as usize;
+    }
+    Ok(())
+}
+
+pub fn exists(path: &CStr) -> bool {
+    // SAFETY: `path` is NUL-terminated; access only reads it.
+    unsafe { libc::access(path.as_ptr(), libc::F_OK) == 0 }
+}
+
+/// Sleeps about `ms` milliseconds (an EINTR just ends the sleep early).
+pub fn sleep_ms(ms: u64) {
+    let ts = libc::timespec {
+        tv_sec: (ms / 1000) as libc::time_t,
+        tv_nsec: ((ms % 1000) * 1_000_000) as libc::c_long,
+    };
+    // SAFETY: `ts` is a valid timespec; rem may be null.
+    unsafe { libc::nanosleep(&ts, std::ptr::null_mut()) };
+}
+
+/// Polls for `go` every 20 ms.
+pub fn wait_for(go: &CStr) {
+    while !exists(go) {
+        sleep_ms(20);
+    }
+}
+
+/// Writes `content` to `path` with create+truncate (setup only).
+pub fn write_file(path: &CStr, content: &[u8]) -> Result<(), String> {
+    let fd = open(
+        path,
+        libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC,
+        0o644,
+    )
+    .map_err(|e| format!("open {}: errno {e}", path.to_string_lossy()))?;
+    let r = write_all(fd, content);
+    close(fd);
+    r.map_err(|e| format!("write {}: errno {e}", path.to_string_lossy()))
+}
+
+/// xorshift64: fast deterministic pseudo-random numbers.
+#[derive(Clone, Copy)]
+pub struct XorShift(pub u64);
+
+impl XorShift {
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+}
+
+/// A 64-bit FNV-1a-like hash over words.
+pub fn checksum(words: &[u64]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &w in words {
+        h = (h ^ w).wrapping_mul(0x0000_0100_0000_01b3).rotate_left(29);
+    }
+    h
+}
+
+/// A memory mapping created with mmap. It is never unmapped (the workload exits instead).
+pub struct Mapping {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl Mapping {
+    /// A private anonymous mapping of `len` bytes.
+    pub fn anon(len: usize, prot: i32, extra_flags: i32) -> Result<Mapping, String> {
+        Self::map(
+            len,
+            prot,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | extra_flags,
+            -1,
+        )
+    }
+
+    /// A mapping of `fd` from offset 0.
+    pub fn file(fd: i32, len: usize, prot: i32, flags: i32) -> Result<Mapping, String> {
+        Self::map(len, prot, flags, fd)
+    }
+
+    fn map(len: usize, prot: i32, flags: i32, fd: i32) -> Result<Mapping, String> {
+        // SAFETY: a fresh mapping chosen by the kernel (no MAP_FIXED) cannot alias anything.
+        let p = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, flags, fd, 0) };
+        if p == libc::MAP_FAILED {
+            return Err(format!("mmap {len} bytes: errno {}", errno()));
+        }
+        Ok(Mapping {
+            ptr: p.cast(),
+            len,
+        })
+    }
+
+    pub fn addr(&self) -> usize {
+        self.ptr as usize
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The contents. Only call while the mapping is readable.
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: the mapping is live for the life of self, and the workload only calls this
+        // while it is readable; only this object hands out references into it.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+
+    /// The contents, writable. Only call while the mapping is writable.
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in bytes(); &mut self makes the reference unique.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+
+    /// The contents as u64 words (mmap returns page-aligned memory).
+    pub fn words(&self) -> &[u64] {
+        // SAFETY: page-aligned and live, see bytes(); every bit pattern is a valid u64.
+        unsafe { std::slice::from_raw_parts(self.ptr.cast::<u64>(), self.len / 8) }
+    }
+
+    pub fn words_mut(&mut self) -> &mut [u64] {
+        // SAFETY: see words() and bytes_mut().
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.cast::<u64>(), self.len / 8) }
+    }
+
+    pub fn protect(&self, prot: i32) -> Result<(), i32> {
+        // SAFETY: changes the protection of our own mapping; no reference into it is held
+        // across the call by callers (bytes()/words() borrows end before).
+        let r = unsafe { libc::mprotect(self.ptr.cast(), self.len, prot) };
+        if r != 0 { Err(errno()) } else { Ok(()) }
+    }
+
+    pub fn advise(&self, advice: i32) -> Result<(), i32> {
+        // SAFETY: advice on our own mapping; MADV_NOHUGEPAGE does not change contents.
+        let r = unsafe { libc::madvise(self.ptr.cast(), self.len, advice) };
+        if r != 0 { Err(errno()) } else { Ok(()) }
+    }
+}
