@@ -120,16 +120,19 @@ fn dump_frozen(pid: i32, stat: &mm::Stat, images: &ImageDir, regs: &Regs) -> Fro
 
 fn dump_masked(pid: i32, stat: &mm::Stat, images: &ImageDir, regs: &Regs, sigmask: u64) -> Result<DumpStats> {
     fault_point("after-seize")?;
+    let phase = Instant::now();
     let thread = task::collect_thread(pid, regs, sigmask)?;
     let mut core = task::collect_process(pid, stat, thread)?;
     let mut mm = mm::collect(pid, stat)?;
     let fds = files::collect(pid)?;
     let runs = pages::collect_runs(pid, &mut mm.vmas)?;
     let page_map = pages::page_map(runs);
+    log::debug(&format!("pid {pid}: state and pagemap read in {:?}", phase.elapsed()));
 
     let mut parasite = Parasite::infect(pid, regs, None)?;
     let inside = collect_with_parasite(&mut parasite, &mut core, &mut mm, images, &page_map);
     let cured = parasite.cure(regs);
+    log::debug(&format!("pid {pid}: parasite done in {:?}", phase.elapsed()));
     let pages_bytes = inside?;
     cured?;
 
@@ -156,7 +159,9 @@ fn collect_with_parasite(
     mm.brk = task::collect_in_task(parasite, core)?;
     mm.thp_disabled = core.thp_disable != 0;
     let out = image::create_private(&images.pages_path(core.pid))?;
+    let drain_start = Instant::now();
     let written = pages::drain(parasite, &mm.vmas, &page_map.runs, &out)?;
+    log::debug(&format!("pid {}: {written} bytes drained in {:?}", core.pid, drain_start.elapsed()));
     fault_point("after-pages")?;
     Ok(written)
 }

@@ -194,18 +194,28 @@ fn drain_through(
 fn splice_out(parasite: &Parasite, pipe: &impl AsFd, out: &File, expected: u64) -> Result<u64> {
     let mut received = 0u64;
     while received < expected {
-        let mut fds = [PollFd::new(pipe.as_fd(), PollFlags::POLLIN)];
-        let ready = poll(&mut fds, PollTimeout::from(50u16))?;
-        if ready == 0 {
-            if parasite.poll_finished()? {
-                break;
-            }
-            continue;
-        }
         let chunk = (expected - received).min(PIPE_SIZE as u64 * 4) as usize;
-        let n = splice(pipe.as_fd(), None, out.as_fd(), None, chunk, SpliceFFlags::SPLICE_F_MOVE)
-            .with_context(|| format!("splicing pages to fd {}", out.as_raw_fd()))?;
-        received += n as u64;
+        // Non-blocking first: while the parasite keeps the pipe full this is one syscall per
+        // pipeful; poll only when it is empty, and then look whether the parasite stopped.
+        match splice(
+            pipe.as_fd(),
+            None,
+            out.as_fd(),
+            None,
+            chunk,
+            SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK,
+        ) {
+            Ok(n) => received += n as u64,
+            Err(nix::errno::Errno::EAGAIN) => {
+                let mut fds = [PollFd::new(pipe.as_fd(), PollFlags::POLLIN)];
+                if poll(&mut fds, PollTimeout::from(50u16))? == 0 && parasite.poll_finished()? {
+                    break;
+                }
+            }
+            Err(err) => {
+                return Err(err).with_context(|| format!("splicing pages to fd {}", out.as_raw_fd()));
+            }
+        }
     }
     Ok(received)
 }

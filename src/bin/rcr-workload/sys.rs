@@ -25,10 +25,6 @@ impl Msg {
     pub fn as_bytes(&self) -> &[u8] {
         &self.buf[..self.len]
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
 }
 
 impl fmt::Write for Msg {
@@ -258,10 +254,6 @@ impl Mapping {
 
     pub fn addr(&self) -> usize {
         self.ptr as usize
-    }
-
-    pub fn len(&self) -> usize {
-        self.len
     }
 
     /// The contents. Only call while the mapping is readable.
