@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Set-up plus the whole test suite: unit tests, integration tests with real processes,
+# formatting and lints.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+cargo fmt --all -- --check
+cargo clippy --release --all-targets -- -D warnings
+cargo test --release
