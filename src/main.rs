@@ -103,8 +103,22 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
     }
 }
 
+/// rcr's own high-water mark of resident memory, from /proc/self/status.
+fn peak_memory_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    let result = run(Cli::parse());
+    rcr::log::info(&format!("peak memory {} KiB", peak_memory_kib()));
+    match result {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
             // One line: the outermost context and its causes, joined.

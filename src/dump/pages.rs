@@ -126,7 +126,10 @@ fn drain_through(
     let pipe = pidfd::pidfd_getfd(&pidfd, task_read)
         .with_context(|| format!("pid {pid}: cannot take the page pipe"))?;
     // As large as an unprivileged pipe may be; a smaller pipe only means more round trips.
-    let _ = fcntl(pipe.as_fd(), FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));
+    match fcntl(pipe.as_fd(), FcntlArg::F_SETPIPE_SZ(PIPE_SIZE)) {
+        Ok(size) => crate::log::debug(&format!("pid {pid}: page pipe of {size} bytes")),
+        Err(err) => crate::log::info(&format!("pid {pid}: page pipe stays small: {err}")),
+    }
 
     // Regions the task cannot read are opened for reading while they are drained.
     let unreadable: Vec<&Vma> = vmas

@@ -1,0 +1,178 @@
+//! Benchmark of rcr dump and restore by memory size, with the machine's limits measured in the
+//! same run: writing the same bytes from memory into a file in the image directory (what a
+//! dump can at best do) and reading them back into freshly mapped memory (what a restore can
+//! at best do).
+//!
+//!     rcr-bench [--dir DIR] [SIZE_MIB...]        default: /dev/shm, 64 1024 4096
+//!     rcr-bench hold SIZE_MIB READY_FILE         (internal) the workload
+
+use std::fs;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use rcr::sys::mem::AnonMapping;
+
+fn fill(buf: &mut [u8], seed: u64) {
+    let mut x = seed | 1;
+    for chunk in buf.chunks_exact_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes());
+    }
+}
+
+/// The workload: SIZE MiB of pseudo-random private memory, then sleep until killed.
+fn hold(mib: usize, ready: &Path) -> Result<()> {
+    rcr::sys::child::close_range(3, u32::MAX)?;
+    let mut memory = AnonMapping::new(mib << 20)?;
+    fill(memory.as_mut_slice(), 0x5eed);
+    fs::write(ready, std::process::id().to_string())?;
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+        std::hint::black_box(&memory);
+    }
+}
+
+struct Run {
+    wall_ms: f64,
+    stderr: String,
+}
+
+fn run_rcr(rcr: &Path, args: &[&str]) -> Result<Run> {
+    let started = Instant::now();
+    let output = Command::new(rcr).arg("-v").args(args).stdin(Stdio::null()).output()?;
+    let wall_ms = started.elapsed().as_secs_f64() * 1e3;
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    if !output.status.success() {
+        bail!("rcr {args:?} failed: {stderr}");
+    }
+    Ok(Run { wall_ms, stderr })
+}
+
+/// A number that follows `key` in rcr's log.
+fn logged(stderr: &str, key: &str) -> f64 {
+    stderr
+        .split(key)
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+fn gbps(bytes: u64, ms: f64) -> f64 {
+    bytes as f64 / ms / 1e6
+}
+
+/// Limits: write `bytes` from memory to a file in `dir`, read them back into fresh memory.
+fn limits(dir: &Path, bytes: usize) -> Result<(f64, f64)> {
+    let path = dir.join("limit.bin");
+    let mut memory = AnonMapping::new(bytes)?;
+    fill(memory.as_mut_slice(), 7);
+    let started = Instant::now();
+    fs::File::create(&path)?.write_all(memory.as_mut_slice())?;
+    let write_ms = started.elapsed().as_secs_f64() * 1e3;
+    drop(memory);
+    let mut fresh = AnonMapping::new(bytes)?;
+    let started = Instant::now();
+    fs::File::open(&path)?.read_exact(fresh.as_mut_slice())?;
+    let read_ms = started.elapsed().as_secs_f64() * 1e3;
+    fs::remove_file(&path)?;
+    Ok((write_ms, read_ms))
+}
+
+fn bench(rcr: &Path, me: &Path, base: &Path, mib: usize) -> Result<()> {
+    let dir = base.join(format!("rcr-bench-{mib}"));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir)?;
+    let ready = dir.join("ready");
+    let mut child = Command::new(me)
+        .args(["hold", &mib.to_string()])
+        .arg(&ready)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !ready.exists() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("workload of {mib} MiB not ready");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = child.id().to_string();
+    let images = dir.join("images");
+    let images_arg = images.to_str().context("path")?;
+    let dump = run_rcr(rcr, &["dump", "-t", &pid, "-D", images_arg]);
+    let _ = child.kill();
+    let _ = child.wait();
+    let dump = dump?;
+    let pidfile = dir.join("pid");
+    let restore = run_rcr(
+        rcr,
+        &["restore", "-D", images_arg, "--detach", "--pidfile", pidfile.to_str().unwrap()],
+    )?;
+    // The restored task is our orphan (we are a subreaper): kill and reap it.
+    let restored: i32 = fs::read_to_string(&pidfile)?.trim().parse()?;
+    let restored = nix::unistd::Pid::from_raw(restored);
+    nix::sys::signal::kill(restored, nix::sys::signal::Signal::SIGKILL)?;
+    let _ = nix::sys::wait::waitpid(restored, None);
+    let image_bytes: u64 = fs::read_dir(&images)?
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+    let _ = fs::remove_dir_all(&images);
+    let bytes = (mib as u64) << 20;
+    let (write_ms, read_ms) = limits(&dir, bytes as usize)?;
+    let _ = fs::remove_dir_all(&dir);
+
+    let dump_ms = dump.wall_ms;
+    let restore_ms = restore.wall_ms;
+    println!(
+        "{mib:>6} MiB | dump {dump_ms:8.1} ms {:5.2} GB/s = {:3.0}% of write {:5.2} GB/s | frozen {:8.1} ms | restore {restore_ms:8.1} ms {:5.2} GB/s = {:3.0}% of read {:5.2} GB/s | image {:7.1} MiB | rcr peak {:5.1} / {:5.1} MiB",
+        gbps(bytes, dump_ms),
+        100.0 * write_ms / dump_ms,
+        gbps(bytes, write_ms),
+        logged(&dump.stderr, "frozen"),
+        gbps(bytes, restore_ms),
+        100.0 * read_ms / restore_ms,
+        gbps(bytes, read_ms),
+        image_bytes as f64 / (1 << 20) as f64,
+        logged(&dump.stderr, "peak memory") / 1024.0,
+        logged(&restore.stderr, "peak memory") / 1024.0,
+    );
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("hold") {
+        return hold(args[2].parse()?, Path::new(&args[3]));
+    }
+    nix::sys::prctl::set_child_subreaper(true)?;
+    let me = std::env::current_exe()?;
+    let rcr = me.with_file_name("rcr");
+    let mut base = PathBuf::from("/dev/shm");
+    let mut sizes = Vec::new();
+    let mut rest = args[1..].iter();
+    while let Some(arg) = rest.next() {
+        if arg == "--dir" {
+            base = PathBuf::from(rest.next().context("--dir DIR")?);
+        } else {
+            sizes.push(arg.parse::<usize>()?);
+        }
+    }
+    if sizes.is_empty() {
+        sizes = vec![64, 1024, 4096];
+    }
+    println!("rcr-bench: images and limit files in {}", base.display());
+    for mib in sizes {
+        bench(&rcr, &me, &base, mib)?;
+    }
+    Ok(())
+}
