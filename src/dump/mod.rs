@@ -158,9 +158,10 @@ fn collect_with_parasite(
     fault_point("after-infect")?;
     mm.brk = task::collect_in_task(parasite, core)?;
     mm.thp_disabled = core.thp_disable != 0;
-    let out = image::create_private(&images.pages_path(core.pid))?;
+    let pages_path = std::path::absolute(images.pages_path(core.pid))?;
+    let out = image::create_private(&pages_path)?;
     let drain_start = Instant::now();
-    let written = pages::drain(parasite, &mm.vmas, &page_map.runs, &out)?;
+    let written = pages::drain(parasite, &mm.vmas, &page_map.runs, &out, &pages_path)?;
     log::debug(&format!("pid {}: {written} bytes drained in {:?}", core.pid, drain_start.elapsed()));
     fault_point("after-pages")?;
     Ok(written)

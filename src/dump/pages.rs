@@ -3,7 +3,8 @@
 //! swapped pages that the kernel could not get back from a file are written.
 
 use std::fs::File;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::Path;
 use std::os::unix::fs::FileExt;
 
 use anyhow::{Context, Result, bail};
@@ -89,39 +90,85 @@ pub fn collect_runs(pid: i32, vmas: &mut [Vma]) -> Result<Vec<PageRun>> {
     Ok(runs)
 }
 
-/// Moves the pages of `runs` out of the task into `out`, in order, with the parasite.
-pub fn drain(parasite: &mut Parasite, vmas: &[Vma], runs: &[PageRun], out: &File) -> Result<u64> {
-    let pid = parasite.tid;
-    // A pipe inside the task; rcr takes a copy of its read end.
-    let mut batch = parasite.batch();
-    let fds_addr = batch.reserve(8);
-    batch.syscall(libc::SYS_pipe2, &[fds_addr, libc::O_CLOEXEC as u64]);
-    let result = parasite.run(&batch)?;
-    if let Some((_, errno)) = result.failure() {
-        bail!("pid {pid}: cannot create the page pipe: {}", std::io::Error::from_raw_os_error(errno));
-    }
-    let fds = parasite.read(fds_addr, 8)?;
-    let task_read = i32::from_le_bytes(fds[0..4].try_into().unwrap());
-    let task_write = i32::from_le_bytes(fds[4..8].try_into().unwrap());
-    let outcome = drain_through(parasite, vmas, runs, out, task_read, task_write);
+/// Where the parasite sends the pages.
+enum Sink {
+    /// The image file, opened by the task itself: it writes its pages with writev(2) straight
+    /// from its memory, one copy and no round trip through rcr.
+    File { task_fd: i32 },
+    /// A pipe in the task that it vmsplices its pages into and rcr splices out of, for a task
+    /// whose credentials cannot open the image file.
+    Pipe {
+        task_read: i32,
+        task_write: i32,
+        pipe: OwnedFd,
+    },
+}
+
+/// Moves the pages of `runs` out of the task into `out` (at `out_path`), in order.
+pub fn drain(
+    parasite: &mut Parasite,
+    vmas: &[Vma],
+    runs: &[PageRun],
+    out: &File,
+    out_path: &Path,
+) -> Result<u64> {
+    let sink = open_sink(parasite, out_path)?;
+    let outcome = drain_into(parasite, vmas, runs, out, &sink);
     let mut close = parasite.batch();
-    close.syscall_may_fail(libc::SYS_close, &[task_read as u64]);
-    close.syscall_may_fail(libc::SYS_close, &[task_write as u64]);
+    match &sink {
+        Sink::File { task_fd } => {
+            close.syscall_may_fail(libc::SYS_close, &[*task_fd as u64]);
+        }
+        Sink::Pipe {
+            task_read,
+            task_write,
+            ..
+        } => {
+            close.syscall_may_fail(libc::SYS_close, &[*task_read as u64]);
+            close.syscall_may_fail(libc::SYS_close, &[*task_write as u64]);
+        }
+    }
     let closed = parasite.run(&close);
     let written = outcome?;
     closed?;
     Ok(written)
 }
 
-fn drain_through(
-    parasite: &mut Parasite,
-    vmas: &[Vma],
-    runs: &[PageRun],
-    out: &File,
-    task_read: i32,
-    task_write: i32,
-) -> Result<u64> {
+fn open_sink(parasite: &mut Parasite, out_path: &Path) -> Result<Sink> {
     let pid = parasite.tid;
+    let mut batch = parasite.batch();
+    let path = batch.put_cstr(&out_path.to_string_lossy());
+    let flags = (libc::O_WRONLY | libc::O_CLOEXEC) as u64;
+    batch.syscall_may_fail(libc::SYS_openat, &[libc::AT_FDCWD as u64, path, flags, 0]);
+    let fds_addr = batch.reserve(8);
+    batch.syscall(libc::SYS_pipe2, &[fds_addr, libc::O_CLOEXEC as u64]);
+    let result = parasite.run(&batch)?;
+    let opened = result.results[0];
+    let fds = parasite.read(fds_addr, 8)?;
+    let task_read = i32::from_le_bytes(fds[0..4].try_into().unwrap());
+    let task_write = i32::from_le_bytes(fds[4..8].try_into().unwrap());
+    let pipe_made = result.failure().is_none();
+    if opened >= 0 {
+        if pipe_made {
+            let mut close = parasite.batch();
+            close.syscall_may_fail(libc::SYS_close, &[task_read as u64]);
+            close.syscall_may_fail(libc::SYS_close, &[task_write as u64]);
+            parasite.run(&close)?;
+        }
+        return Ok(Sink::File {
+            task_fd: opened as i32,
+        });
+    }
+    crate::log::debug(&format!(
+        "pid {pid}: cannot open the image itself ({}): pages go through a pipe",
+        std::io::Error::from_raw_os_error(-opened as i32)
+    ));
+    if let Some((_, errno)) = result.failure() {
+        bail!(
+            "pid {pid}: cannot create the page pipe: {}",
+            std::io::Error::from_raw_os_error(errno)
+        );
+    }
     let pidfd = pidfd::pidfd_open(pid)?;
     let pipe = pidfd::pidfd_getfd(&pidfd, task_read)
         .with_context(|| format!("pid {pid}: cannot take the page pipe"))?;
@@ -130,7 +177,21 @@ fn drain_through(
         Ok(size) => crate::log::debug(&format!("pid {pid}: page pipe of {size} bytes")),
         Err(err) => crate::log::info(&format!("pid {pid}: page pipe stays small: {err}")),
     }
+    Ok(Sink::Pipe {
+        task_read,
+        task_write,
+        pipe,
+    })
+}
 
+fn drain_into(
+    parasite: &mut Parasite,
+    vmas: &[Vma],
+    runs: &[PageRun],
+    out: &File,
+    sink: &Sink,
+) -> Result<u64> {
+    let pid = parasite.tid;
     // Regions the task cannot read are opened for reading while they are drained.
     let unreadable: Vec<&Vma> = vmas
         .iter()
@@ -149,10 +210,16 @@ fn drain_through(
             let vma = unreadable_of(run.vaddr).copied();
             if vma.map(|v| v.start) != open_vma.map(|v| v.start) {
                 if let Some(prev) = open_vma.take() {
-                    batch.syscall(libc::SYS_mprotect, &[prev.start, prev.end - prev.start, prev.prot.into()]);
+                    batch.syscall(
+                        libc::SYS_mprotect,
+                        &[prev.start, prev.end - prev.start, prev.prot.into()],
+                    );
                 }
                 if let Some(v) = vma {
-                    batch.syscall(libc::SYS_mprotect, &[v.start, v.end - v.start, libc::PROT_READ as u64]);
+                    batch.syscall(
+                        libc::SYS_mprotect,
+                        &[v.start, v.end - v.start, libc::PROT_READ as u64],
+                    );
                     open_vma = Some(v);
                 }
             }
@@ -160,22 +227,32 @@ fn drain_through(
             let mut iov = run.vaddr.to_le_bytes().to_vec();
             iov.extend_from_slice(&len.to_le_bytes());
             let iov_addr = batch.put(&iov);
-            batch.syscall_flags(
-                libc::SYS_vmsplice,
-                &[task_write as u64, iov_addr, 1, 0],
-                crate::parasite::blob::FLAG_REPEAT_IOVEC,
-            );
+            let (nr, args) = match sink {
+                Sink::File { task_fd } => (libc::SYS_writev, [*task_fd as u64, iov_addr, 1, 0]),
+                Sink::Pipe { task_write, .. } => {
+                    (libc::SYS_vmsplice, [*task_write as u64, iov_addr, 1, 0])
+                }
+            };
+            batch.syscall_flags(nr, &args, crate::parasite::blob::FLAG_REPEAT_IOVEC);
             batch_bytes += len;
             next += 1;
         }
         if next == runs.len()
             && let Some(prev) = open_vma.take()
         {
-            batch.syscall(libc::SYS_mprotect, &[prev.start, prev.end - prev.start, prev.prot.into()]);
+            batch.syscall(
+                libc::SYS_mprotect,
+                &[prev.start, prev.end - prev.start, prev.prot.into()],
+            );
         }
-        parasite.start(&batch)?;
-        let received = splice_out(parasite, &pipe, out, batch_bytes);
-        let result = parasite.finish()?;
+        let (result, received) = match sink {
+            Sink::File { .. } => (parasite.run(&batch)?, Ok(batch_bytes)),
+            Sink::Pipe { pipe, .. } => {
+                parasite.start(&batch)?;
+                let received = splice_out(parasite, pipe, out, batch_bytes);
+                (parasite.finish()?, received)
+            }
+        };
         if let Some((index, errno)) = result.failure() {
             restore_protections(parasite, &unreadable);
             bail!(
