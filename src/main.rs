@@ -9,7 +9,11 @@ use rcr::dump::{AfterDump, DumpOptions};
 use rcr::restore::RestoreOptions;
 
 #[derive(Parser)]
-#[command(name = "rcr", version, about = "Checkpoint and restore Linux processes")]
+#[command(
+    name = "rcr",
+    version,
+    about = "Checkpoint and restore Linux processes"
+)]
 struct Cli {
     /// More detail on stderr (-v info, -vv debug).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]

@@ -44,7 +44,11 @@ struct Run {
 
 fn run_rcr(rcr: &Path, args: &[&str]) -> Result<Run> {
     let started = Instant::now();
-    let output = Command::new(rcr).arg("-v").args(args).stdin(Stdio::null()).output()?;
+    let output = Command::new(rcr)
+        .arg("-v")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()?;
     let wall_ms = started.elapsed().as_secs_f64() * 1e3;
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     if !output.status.success() {
@@ -84,11 +88,19 @@ fn limits(dir: &Path, bytes: usize) -> Result<(f64, f64)> {
     Ok((write_ms, read_ms))
 }
 
-fn bench(rcr: &Path, me: &Path, base: &Path, mib: usize) -> Result<()> {
-    let dir = base.join(format!("rcr-bench-{mib}"));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir)?;
+/// One dump and restore of a fresh workload of `mib` MiB.
+struct Sample {
+    dump_ms: f64,
+    frozen_ms: f64,
+    restore_ms: f64,
+    image_bytes: u64,
+    dump_peak_kib: f64,
+    restore_peak_kib: f64,
+}
+
+fn sample(rcr: &Path, me: &Path, dir: &Path, mib: usize) -> Result<Sample> {
     let ready = dir.join("ready");
+    let _ = fs::remove_file(&ready);
     let mut child = Command::new(me)
         .args(["hold", &mib.to_string()])
         .arg(&ready)
@@ -115,7 +127,14 @@ fn bench(rcr: &Path, me: &Path, base: &Path, mib: usize) -> Result<()> {
     let pidfile = dir.join("pid");
     let restore = run_rcr(
         rcr,
-        &["restore", "-D", images_arg, "--detach", "--pidfile", pidfile.to_str().unwrap()],
+        &[
+            "restore",
+            "-D",
+            images_arg,
+            "--detach",
+            "--pidfile",
+            pidfile.to_str().unwrap(),
+        ],
     )?;
     // The restored task is our orphan (we are a subreaper): kill and reap it.
     let restored: i32 = fs::read_to_string(&pidfile)?.trim().parse()?;
@@ -126,25 +145,54 @@ fn bench(rcr: &Path, me: &Path, base: &Path, mib: usize) -> Result<()> {
         .filter_map(|e| e.ok()?.metadata().ok())
         .map(|m| m.len())
         .sum();
-    let _ = fs::remove_dir_all(&images);
-    let bytes = (mib as u64) << 20;
-    let (write_ms, read_ms) = limits(&dir, bytes as usize)?;
-    let _ = fs::remove_dir_all(&dir);
+    fs::remove_dir_all(&images)?;
+    Ok(Sample {
+        dump_ms: dump.wall_ms,
+        frozen_ms: logged(&dump.stderr, "frozen"),
+        restore_ms: restore.wall_ms,
+        image_bytes,
+        dump_peak_kib: logged(&dump.stderr, "peak memory"),
+        restore_peak_kib: logged(&restore.stderr, "peak memory"),
+    })
+}
 
-    let dump_ms = dump.wall_ms;
-    let restore_ms = restore.wall_ms;
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+const RUNS: usize = 3;
+
+fn bench(rcr: &Path, me: &Path, base: &Path, mib: usize) -> Result<()> {
+    let dir = base.join(format!("rcr-bench-{mib}"));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir)?;
+    let bytes = (mib as u64) << 20;
+    // Runs and limits interleave, so that both meet the machine in the same state; medians.
+    let mut samples = Vec::new();
+    let mut limit_runs = Vec::new();
+    for _ in 0..RUNS {
+        limit_runs.push(limits(&dir, bytes as usize)?);
+        samples.push(sample(rcr, me, &dir, mib)?);
+    }
+    let _ = fs::remove_dir_all(&dir);
+    let pick = |f: fn(&Sample) -> f64| median(samples.iter().map(f).collect());
+    let dump_ms = pick(|s| s.dump_ms);
+    let restore_ms = pick(|s| s.restore_ms);
+    let write_ms = median(limit_runs.iter().map(|l| l.0).collect());
+    let read_ms = median(limit_runs.iter().map(|l| l.1).collect());
     println!(
-        "{mib:>6} MiB | dump {dump_ms:8.1} ms {:5.2} GB/s = {:3.0}% of write {:5.2} GB/s | frozen {:8.1} ms | restore {restore_ms:8.1} ms {:5.2} GB/s = {:3.0}% of read {:5.2} GB/s | image {:7.1} MiB | rcr peak {:5.1} / {:5.1} MiB",
+        "{mib:>5} MiB | dump {dump_ms:7.1} ms {:4.2} GB/s = {:3.0}% of write {:4.2} GB/s | frozen {:7.1} ms | restore {restore_ms:7.1} ms {:4.2} GB/s = {:3.0}% of read {:4.2} GB/s | image {:6.1} MiB | rcr peak dump {:4.1} MiB, restore {:4.1} MiB",
         gbps(bytes, dump_ms),
         100.0 * write_ms / dump_ms,
         gbps(bytes, write_ms),
-        logged(&dump.stderr, "frozen"),
+        pick(|s| s.frozen_ms),
         gbps(bytes, restore_ms),
         100.0 * read_ms / restore_ms,
         gbps(bytes, read_ms),
-        image_bytes as f64 / (1 << 20) as f64,
-        logged(&dump.stderr, "peak memory") / 1024.0,
-        logged(&restore.stderr, "peak memory") / 1024.0,
+        pick(|s| s.image_bytes as f64) / (1 << 20) as f64,
+        pick(|s| s.dump_peak_kib) / 1024.0,
+        pick(|s| s.restore_peak_kib) / 1024.0,
     );
     Ok(())
 }
@@ -170,7 +218,10 @@ fn main() -> Result<()> {
     if sizes.is_empty() {
         sizes = vec![64, 1024, 4096];
     }
-    println!("rcr-bench: images and limit files in {}", base.display());
+    println!(
+        "rcr-bench: images and limit files in {}; medians of {RUNS} runs; times are wall-clock of the rcr command",
+        base.display()
+    );
     for mib in sizes {
         bench(&rcr, &me, &base, mib)?;
     }

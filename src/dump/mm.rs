@@ -146,7 +146,10 @@ fn classify(pid: i32, line: &MapsLine) -> Result<VmaKind> {
         p if p.starts_with("[anon:") => VmaKind::AnonPrivate,
         "/dev/zero (deleted)" if shared => VmaKind::AnonShared,
         p if p.starts_with('[') => {
-            bail!("pid {pid}: unsupported special mapping {p} at {:#x}", line.start)
+            bail!(
+                "pid {pid}: unsupported special mapping {p} at {:#x}",
+                line.start
+            )
         }
         p if p.ends_with(" (deleted)") => bail!(
             "pid {pid}: mapping {:#x} of a deleted file {p} is not supported yet",
@@ -245,10 +248,9 @@ mod tests {
 
     #[test]
     fn parses_maps_lines() {
-        let line = parse_maps_line(
-            "7f0000001000-7f0000003000 r-xp 00002000 fd:01 1234   /usr/lib/a b.so",
-        )
-        .unwrap();
+        let line =
+            parse_maps_line("7f0000001000-7f0000003000 r-xp 00002000 fd:01 1234   /usr/lib/a b.so")
+                .unwrap();
         assert_eq!(line.start, 0x7f0000001000);
         assert_eq!(line.end, 0x7f0000003000);
         assert_eq!(line.offset, 0x2000);
@@ -262,6 +264,9 @@ mod tests {
     #[test]
     fn reads_own_smaps() {
         let vmas = read_smaps(std::process::id() as i32).unwrap();
-        assert!(vmas.iter().any(|(l, f)| l.path == "[stack]" && f.contains(&"gd".into())));
+        assert!(
+            vmas.iter()
+                .any(|(l, f)| l.path == "[stack]" && f.contains(&"gd".into()))
+        );
     }
 }

@@ -118,7 +118,13 @@ fn dump_frozen(pid: i32, stat: &mm::Stat, images: &ImageDir, regs: &Regs) -> Fro
     in_mask(dump_masked(pid, stat, images, regs, sigmask))
 }
 
-fn dump_masked(pid: i32, stat: &mm::Stat, images: &ImageDir, regs: &Regs, sigmask: u64) -> Result<DumpStats> {
+fn dump_masked(
+    pid: i32,
+    stat: &mm::Stat,
+    images: &ImageDir,
+    regs: &Regs,
+    sigmask: u64,
+) -> Result<DumpStats> {
     fault_point("after-seize")?;
     let phase = Instant::now();
     let thread = task::collect_thread(pid, regs, sigmask)?;
@@ -127,12 +133,18 @@ fn dump_masked(pid: i32, stat: &mm::Stat, images: &ImageDir, regs: &Regs, sigmas
     let fds = files::collect(pid)?;
     let runs = pages::collect_runs(pid, &mut mm.vmas)?;
     let page_map = pages::page_map(runs);
-    log::debug(&format!("pid {pid}: state and pagemap read in {:?}", phase.elapsed()));
+    log::debug(&format!(
+        "pid {pid}: state and pagemap read in {:?}",
+        phase.elapsed()
+    ));
 
     let mut parasite = Parasite::infect(pid, regs, None)?;
     let inside = collect_with_parasite(&mut parasite, &mut core, &mut mm, images, &page_map);
     let cured = parasite.cure(regs);
-    log::debug(&format!("pid {pid}: parasite done in {:?}", phase.elapsed()));
+    log::debug(&format!(
+        "pid {pid}: parasite done in {:?}",
+        phase.elapsed()
+    ));
     let pages_bytes = inside?;
     cured?;
 
@@ -162,7 +174,11 @@ fn collect_with_parasite(
     let out = image::create_private(&pages_path)?;
     let drain_start = Instant::now();
     let written = pages::drain(parasite, &mm.vmas, &page_map.runs, &out, &pages_path)?;
-    log::debug(&format!("pid {}: {written} bytes drained in {:?}", core.pid, drain_start.elapsed()));
+    log::debug(&format!(
+        "pid {}: {written} bytes drained in {:?}",
+        core.pid,
+        drain_start.elapsed()
+    ));
     fault_point("after-pages")?;
     Ok(written)
 }

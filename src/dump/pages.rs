@@ -4,8 +4,8 @@
 
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::path::Path;
 use std::os::unix::fs::FileExt;
+use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use nix::fcntl::{FcntlArg, SpliceFFlags, fcntl, splice};
@@ -293,7 +293,8 @@ fn splice_out(parasite: &Parasite, pipe: &impl AsFd, out: &File, expected: u64) 
                 }
             }
             Err(err) => {
-                return Err(err).with_context(|| format!("splicing pages to fd {}", out.as_raw_fd()));
+                return Err(err)
+                    .with_context(|| format!("splicing pages to fd {}", out.as_raw_fd()));
             }
         }
     }
@@ -307,7 +308,10 @@ fn restore_protections(parasite: &mut Parasite, vmas: &[&Vma]) {
     }
     let mut batch = parasite.batch();
     for v in vmas {
-        batch.syscall_may_fail(libc::SYS_mprotect, &[v.start, v.end - v.start, v.prot.into()]);
+        batch.syscall_may_fail(
+            libc::SYS_mprotect,
+            &[v.start, v.end - v.start, v.prot.into()],
+        );
     }
     let _ = parasite.run(&batch);
 }
@@ -319,4 +323,3 @@ pub fn page_map(runs: Vec<PageRun>) -> PageMap {
         runs,
     }
 }
-

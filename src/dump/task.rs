@@ -5,7 +5,9 @@ use std::fs;
 
 use anyhow::{Context, Result};
 
-use crate::image::proto::{Rseq, SigAction, SigAltStack, SyscallRestart, TaskCore, ThreadCore, UserRegs};
+use crate::image::proto::{
+    Rseq, SigAction, SigAltStack, SyscallRestart, TaskCore, ThreadCore, UserRegs,
+};
 use crate::parasite::Parasite;
 use crate::ptrace::{self as pt, Regs};
 use crate::sys;
@@ -158,7 +160,12 @@ pub fn collect_in_task(parasite: &mut Parasite, core: &mut TaskCore) -> Result<u
     for (i, &sig) in signals.iter().enumerate() {
         batch.syscall(
             libc::SYS_rt_sigaction,
-            &[sig as u64, 0, actions + (i * KERNEL_SIGACTION_SIZE) as u64, 8],
+            &[
+                sig as u64,
+                0,
+                actions + (i * KERNEL_SIGACTION_SIZE) as u64,
+                8,
+            ],
         );
     }
     let altstack = batch.reserve(24);

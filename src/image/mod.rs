@@ -124,14 +124,16 @@ pub fn decode_image<M: Message + Default>(kind: Kind, bytes: &[u8], what: &str) 
     }
     let code = u32::from_le_bytes(bytes[4..8].try_into().unwrap());
     if code != kind.code() {
-        bail!("{what}: image kind {code}, expected {} ({:?})", kind.code(), kind);
+        bail!(
+            "{what}: image kind {code}, expected {} ({:?})",
+            kind.code(),
+            kind
+        );
     }
     let major = u16::from_le_bytes(bytes[8..10].try_into().unwrap());
     let minor = u16::from_le_bytes(bytes[10..12].try_into().unwrap());
     if major != FORMAT_MAJOR {
-        bail!(
-            "{what}: image format version {major}.{minor}, this rcr reads {FORMAT_MAJOR}.x"
-        );
+        bail!("{what}: image format version {major}.{minor}, this rcr reads {FORMAT_MAJOR}.x");
     }
     let payload_len = u64::from_le_bytes(bytes[12..20].try_into().unwrap());
     let expected_len = (HEADER_LEN + TRAILER_LEN) as u64 + payload_len;

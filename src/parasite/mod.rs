@@ -79,7 +79,7 @@ impl Batch {
 
     /// Copies `bytes` into the arena; returns their address in the task.
     pub fn put(&mut self, bytes: &[u8]) -> u64 {
-        while self.arena.len() % 16 != 0 {
+        while !self.arena.len().is_multiple_of(16) {
             self.arena.push(0);
         }
         let address = self.data + ARENA_OFFSET + self.arena.len() as u64;
@@ -189,10 +189,17 @@ impl Parasite {
             &self.mem,
             &self.regs,
             libc::SYS_mprotect,
-            &[self.base, CODE_SIZE, (libc::PROT_READ | libc::PROT_EXEC) as u64],
+            &[
+                self.base,
+                CODE_SIZE,
+                (libc::PROT_READ | libc::PROT_EXEC) as u64,
+            ],
         )?;
         if let Some(err) = pt::syscall_error(result) {
-            bail!("pid {}: cannot make the parasite executable: {err}", self.tid);
+            bail!(
+                "pid {}: cannot make the parasite executable: {err}",
+                self.tid
+            );
         }
         self.stub_ready = true;
         Ok(())
@@ -200,7 +207,13 @@ impl Parasite {
 
     /// Runs one system call through the parasite's own `syscall` instruction.
     pub fn syscall(&self, nr: i64, args: &[u64]) -> Result<i64> {
-        pt::run_syscall(self.tid, &self.regs, self.base + blob::SYSCALL_STUB, nr, args)
+        pt::run_syscall(
+            self.tid,
+            &self.regs,
+            self.base + blob::SYSCALL_STUB,
+            nr,
+            args,
+        )
     }
 
     pub fn data_base(&self) -> u64 {
@@ -303,7 +316,9 @@ impl Parasite {
     }
 
     pub fn read_u64(&self, address: u64) -> Result<u64> {
-        Ok(u64::from_le_bytes(self.read(address, 8)?.try_into().unwrap()))
+        Ok(u64::from_le_bytes(
+            self.read(address, 8)?.try_into().unwrap(),
+        ))
     }
 
     /// Unmaps the parasite and puts `final_regs` into the task.

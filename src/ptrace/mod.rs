@@ -90,8 +90,7 @@ pub fn get_regs(tid: i32) -> Result<Regs> {
 }
 
 pub fn set_regs(tid: i32, regs: &Regs) -> Result<()> {
-    ptrace::setregs(pid(tid), *regs)
-        .with_context(|| format!("cannot set registers of pid {tid}"))
+    ptrace::setregs(pid(tid), *regs).with_context(|| format!("cannot set registers of pid {tid}"))
 }
 
 /// Runs one system call in the stopped task `tid` with the instruction at `syscall_insn`
@@ -113,7 +112,9 @@ pub fn run_syscall(tid: i32, base: &Regs, syscall_insn: u64, nr: i64, args: &[u6
             Stop::Syscall => {}
             other => {
                 let at = get_regs(tid).map(|r| (r.rip, r.rax, r.orig_rax)).ok();
-                bail!("pid {tid}: {other:?} instead of the injected syscall's {phase} (rip, rax, orig_rax: {at:x?})")
+                bail!(
+                    "pid {tid}: {other:?} instead of the injected syscall's {phase} (rip, rax, orig_rax: {at:x?})"
+                )
             }
         }
     }
@@ -122,7 +123,13 @@ pub fn run_syscall(tid: i32, base: &Regs, syscall_insn: u64, nr: i64, args: &[u6
 
 /// Runs one system call by writing a `syscall` instruction over the bytes at the task's RIP
 /// and putting them back afterwards: the way into a task that has no parasite yet.
-pub fn inject_syscall_at_rip(tid: i32, mem: &File, base: &Regs, nr: i64, args: &[u64]) -> Result<i64> {
+pub fn inject_syscall_at_rip(
+    tid: i32,
+    mem: &File,
+    base: &Regs,
+    nr: i64,
+    args: &[u64],
+) -> Result<i64> {
     let mut saved = [0u8; 2];
     mem.read_exact_at(&mut saved, base.rip)
         .with_context(|| format!("pid {tid}: reading code at rip {:#x}", base.rip))?;
@@ -151,4 +158,3 @@ pub fn syscall_error(result: i64) -> Option<std::io::Error> {
 }
 
 use crate::log;
-

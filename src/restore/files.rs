@@ -20,7 +20,8 @@ pub struct Move {
 
 /// Opens a dumped file description again, with its flags and offset.
 fn reopen(path: &str, flags: u32, pos: u64, what: &str) -> Result<OwnedFd> {
-    let creation = (libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY | libc::O_CLOEXEC) as u32;
+    let creation =
+        (libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY | libc::O_CLOEXEC) as u32;
     let accmode = flags & libc::O_ACCMODE as u32;
     let file = OpenOptions::new()
         .read(accmode == libc::O_RDONLY as u32 || accmode == libc::O_RDWR as u32)

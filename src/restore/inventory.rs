@@ -20,7 +20,10 @@ pub fn check(inventory: &Inventory) -> Result<()> {
         );
     }
     for component in &dumped.xstate_layout {
-        if let Some(local) = here.xstate_layout.iter().find(|c| c.index == component.index)
+        if let Some(local) = here
+            .xstate_layout
+            .iter()
+            .find(|c| c.index == component.index)
             && (local.offset, local.size) != (component.offset, component.size)
         {
             bail!(

@@ -59,7 +59,10 @@ pub fn specials_size(target: &[Vma]) -> u64 {
 
 /// Checks that this kernel's vDSO VMAs have the sizes the dumped ones had.
 pub fn check_specials(pid: u32, target: &[Vma], current: &[MapsLine]) -> Result<()> {
-    for vma in target.iter().filter(|v| is_special(v.kind()) && v.kind() != VmaKind::Vsyscall) {
+    for vma in target
+        .iter()
+        .filter(|v| is_special(v.kind()) && v.kind() != VmaKind::Vsyscall)
+    {
         match current.iter().find(|l| l.path == vma.path) {
             Some(line) if line.end - line.start == vma.end - vma.start => {}
             Some(line) => bail!(
@@ -88,18 +91,30 @@ pub fn unmap_inherited(steps: &mut Steps, current: &[MapsLine], keep: (u64, u64)
     }
     for (start, end) in ranges {
         steps.room(1, 0)?;
-        steps.add(format!("munmap {start:#x}-{end:#x}"), libc::SYS_munmap, &[start, end - start]);
+        steps.add(
+            format!("munmap {start:#x}-{end:#x}"),
+            libc::SYS_munmap,
+            &[start, end - start],
+        );
     }
     Ok(())
 }
 
 /// Moves [vvar], [vvar_vclock] and [vdso] to their dumped addresses, through a temporary area
 /// so that a move never lands on another special VMA that has not moved yet.
-pub fn move_specials(steps: &mut Steps, target: &[Vma], current: &[MapsLine], temp: u64) -> Result<()> {
+pub fn move_specials(
+    steps: &mut Steps,
+    target: &[Vma],
+    current: &[MapsLine],
+    temp: u64,
+) -> Result<()> {
     let flags = (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64;
     let mut moves = Vec::new();
     let mut temp_at = temp;
-    for line in current.iter().filter(|l| special_name(&l.path) && l.path != "[vsyscall]") {
+    for line in current
+        .iter()
+        .filter(|l| special_name(&l.path) && l.path != "[vsyscall]")
+    {
         let size = line.end - line.start;
         match target.iter().find(|v| v.path == line.path) {
             Some(vma) if vma.start == line.start => {}
@@ -115,7 +130,11 @@ pub fn move_specials(steps: &mut Steps, target: &[Vma], current: &[MapsLine], te
             }
             None => {
                 steps.room(1, 0)?;
-                steps.add(format!("munmap {}", line.path), libc::SYS_munmap, &[line.start, size]);
+                steps.add(
+                    format!("munmap {}", line.path),
+                    libc::SYS_munmap,
+                    &[line.start, size],
+                );
             }
         }
     }
@@ -175,7 +194,11 @@ pub fn map_vmas(steps: &mut Steps, mm: &Mm, file_fds: &BTreeMap<String, i32>) ->
 
 /// Drops the write permission that filling the pages needed.
 pub fn seal_protections(steps: &mut Steps, mm: &Mm) -> Result<()> {
-    for vma in mm.vmas.iter().filter(|v| v.has_pages && v.prot & libc::PROT_WRITE as u32 == 0) {
+    for vma in mm
+        .vmas
+        .iter()
+        .filter(|v| v.has_pages && v.prot & libc::PROT_WRITE as u32 == 0)
+    {
         steps.room(1, 0)?;
         steps.add(
             format!("mprotect {:#x}-{:#x}", vma.start, vma.end),

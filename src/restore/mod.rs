@@ -50,7 +50,10 @@ pub fn read_images(images: &ImageDir) -> Result<(Inventory, Vec<ProcessImages>)>
     inventory::check(&inventory)?;
     let tree: PsTree = images.read(Kind::PsTree, None)?;
     if tree.processes.len() != 1 {
-        bail!("pstree.img: {} processes; only single processes are supported yet", tree.processes.len());
+        bail!(
+            "pstree.img: {} processes; only single processes are supported yet",
+            tree.processes.len()
+        );
     }
     let mut processes = Vec::new();
     for entry in tree.processes {
@@ -139,7 +142,14 @@ fn restore_process(process: &ProcessImages) -> Result<i32> {
 
     // Decide every fd number first: the task's own, then the restorer's services, then where
     // rcr holds what it opened.
-    let max_task_fd = process.fds.fds.iter().map(|f| f.fd).max().unwrap_or(2).max(2);
+    let max_task_fd = process
+        .fds
+        .fds
+        .iter()
+        .map(|f| f.fd)
+        .max()
+        .unwrap_or(2)
+        .max(2);
     let mut next_service = max_task_fd + 1;
     let mut take = || {
         next_service += 1;
@@ -226,7 +236,8 @@ fn rebuild(pid: i32, process: &ProcessImages, services: &Services) -> Result<()>
     pt::seize(pid)?;
     nix::sys::ptrace::setoptions(
         pt::pid(pid),
-        nix::sys::ptrace::Options::PTRACE_O_TRACESYSGOOD | nix::sys::ptrace::Options::PTRACE_O_EXITKILL,
+        nix::sys::ptrace::Options::PTRACE_O_TRACESYSGOOD
+            | nix::sys::ptrace::Options::PTRACE_O_EXITKILL,
     )?;
     let regs = pt::get_regs(pid)?;
     let inherited_rseq = crate::sys::ptrace::get_rseq_config(pid)?;
@@ -244,7 +255,12 @@ fn rebuild(pid: i32, process: &ProcessImages, services: &Services) -> Result<()>
             steps.add(
                 "rseq unregistration",
                 libc::SYS_rseq,
-                &[rseq.rseq_abi_pointer, rseq.rseq_abi_size.into(), 1, rseq.signature.into()],
+                &[
+                    rseq.rseq_abi_pointer,
+                    rseq.rseq_abi_size.into(),
+                    1,
+                    rseq.signature.into(),
+                ],
             );
         }
         mm::unmap_inherited(&mut steps, &current, region)?;
@@ -261,7 +277,10 @@ fn rebuild(pid: i32, process: &ProcessImages, services: &Services) -> Result<()>
             &[services.first as u64, services.last as u64, 0],
         );
         steps.flush()?;
-        log::debug(&format!("pid {pid}: rebuilt in {} batches", steps.batches_run));
+        log::debug(&format!(
+            "pid {pid}: rebuilt in {} batches",
+            steps.batches_run
+        ));
     }
     let final_regs = task::regs_from_proto(thread.regs.as_ref().unwrap(), &regs);
     parasite.cure(&final_regs)?;

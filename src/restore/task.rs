@@ -63,12 +63,19 @@ pub fn restore_in_task(steps: &mut Steps, core: &TaskCore, thread: &ThreadCore) 
         let ss = steps.put_u64s(&[alt.sp, flags, alt.size]);
         steps.add("sigaltstack", libc::SYS_sigaltstack, &[ss, 0]);
     }
-    steps.add("set_tid_address", libc::SYS_set_tid_address, &[thread.clear_child_tid]);
+    steps.add(
+        "set_tid_address",
+        libc::SYS_set_tid_address,
+        &[thread.clear_child_tid],
+    );
     if thread.robust_list != 0 {
         steps.add(
             "set_robust_list",
             libc::SYS_set_robust_list,
-            &[thread.robust_list, thread.robust_list_len.max(ROBUST_LIST_HEAD_SIZE)],
+            &[
+                thread.robust_list,
+                thread.robust_list_len.max(ROBUST_LIST_HEAD_SIZE),
+            ],
         );
     }
     if let Some(rseq) = &thread.rseq {
@@ -79,8 +86,16 @@ pub fn restore_in_task(steps: &mut Steps, core: &TaskCore, thread: &ThreadCore) 
         );
     }
     let comm = steps.put_cstr(&core.comm);
-    steps.add("prctl(PR_SET_NAME)", libc::SYS_prctl, &[libc::PR_SET_NAME as u64, comm]);
-    steps.add("personality", libc::SYS_personality, &[core.personality.into()]);
+    steps.add(
+        "prctl(PR_SET_NAME)",
+        libc::SYS_prctl,
+        &[libc::PR_SET_NAME as u64, comm],
+    );
+    steps.add(
+        "personality",
+        libc::SYS_personality,
+        &[core.personality.into()],
+    );
     steps.add("umask", libc::SYS_umask, &[core.umask.into()]);
     steps.add(
         "prctl(PR_SET_PDEATHSIG)",
@@ -89,7 +104,11 @@ pub fn restore_in_task(steps: &mut Steps, core: &TaskCore, thread: &ThreadCore) 
     );
     steps.room(2, 0)?;
     if core.thp_disable != 0 {
-        steps.add("prctl(PR_SET_THP_DISABLE)", libc::SYS_prctl, &[PR_SET_THP_DISABLE, 1, 0, 0, 0]);
+        steps.add(
+            "prctl(PR_SET_THP_DISABLE)",
+            libc::SYS_prctl,
+            &[PR_SET_THP_DISABLE, 1, 0, 0, 0],
+        );
     }
     if core.xcomp_perm & (1 << XFEATURE_XTILEDATA) != 0 {
         steps.add(

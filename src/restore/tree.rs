@@ -34,7 +34,7 @@ pub fn pid_holder(pid: u32) -> Option<String> {
     Some(if state == "Z" {
         format!("an unreaped zombie ({comm}) of parent {ppid}")
     } else {
-        format!("{comm}")
+        comm
     })
 }
 

@@ -47,8 +47,10 @@ pub fn fchdir(fd: i32) -> io::Result<()> {
 
 pub fn set_pdeathsig(signal: i32) -> io::Result<()> {
     // SAFETY: prctl with integer arguments only.
-    check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong, 0, 0, 0) }
-        as libc::c_long)?;
+    check(
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong, 0, 0, 0) }
+            as libc::c_long,
+    )?;
     Ok(())
 }
 

@@ -8,8 +8,9 @@ use super::check;
 /// A close-on-exec duplicate of `fd` numbered `floor` or above.
 pub fn dup_above(fd: &impl AsRawFd, floor: i32) -> io::Result<OwnedFd> {
     // SAFETY: fcntl on fd numbers; no memory is passed.
-    let new = check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, floor) }
-        as libc::c_long)?;
+    let new = check(
+        unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, floor) } as libc::c_long,
+    )?;
     // SAFETY: `new` is a fresh descriptor nobody else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(new as i32) })
 }

@@ -15,9 +15,8 @@ pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
 /// A duplicate, in this process, of file descriptor `target_fd` of the process behind `pidfd`.
 pub fn pidfd_getfd(pidfd: &OwnedFd, target_fd: i32) -> io::Result<OwnedFd> {
     // SAFETY: plain syscall; on success the returned fd is ours to own.
-    let fd = check(unsafe {
-        libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), target_fd, 0)
-    })?;
+    let fd =
+        check(unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), target_fd, 0) })?;
     // SAFETY: fd is a fresh descriptor nobody else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
