@@ -7,6 +7,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use anyhow::{Context, Result, bail};
 
 use crate::image::proto::{CharDevice, Fd, Fds, RegularFile, fd};
+use crate::sys::pidfd;
 
 /// Character devices that are the same on every machine: (major, minor).
 pub const PORTABLE_CHAR_DEVICES: [(u32, u32, &str); 4] = [
@@ -43,6 +44,7 @@ pub fn collect(pid: i32) -> Result<Fds> {
         .collect();
     numbers.sort_unstable();
     let mut fds = Vec::with_capacity(numbers.len());
+    let mut seen: Vec<(i32, (u64, u64))> = Vec::new();
     for fd in numbers {
         let proc_path = format!("/proc/{pid}/fd/{fd}");
         let link = fs::read_link(&proc_path)
@@ -84,10 +86,21 @@ pub fn collect(pid: i32) -> Result<Fds> {
         } else {
             bail!("pid {pid} fd {fd}: unsupported file kind {link}");
         };
+        // An earlier fd on the same file may be the very same open file description.
+        let key = (meta.dev(), meta.ino());
+        let mut dup_of = None;
+        for &(earlier, earlier_key) in &seen {
+            if earlier_key == key && pidfd::same_open_file(pid, earlier, pid, fd)? {
+                dup_of = Some(earlier);
+                break;
+            }
+        }
+        seen.push((fd, key));
         fds.push(Fd {
             fd,
             cloexec,
             file: Some(file),
+            dup_of,
         });
     }
     let link = |name: &str| -> Result<String> {

@@ -46,6 +46,18 @@ pub fn open_all(pid: u32, fds: &Fds, floor: i32) -> Result<(Vec<OwnedFd>, Vec<Mo
     let mut held = Vec::new();
     let mut moves = Vec::new();
     for entry in &fds.fds {
+        if let Some(original) = entry.dup_of {
+            // One open file description, several numbers: place the same one again.
+            let Some(source) = moves.iter().find(|m: &&Move| m.dst == original).copied() else {
+                bail!("pid {pid} fd {}: duplicate of unknown fd {original}", entry.fd);
+            };
+            moves.push(Move {
+                src: source.src,
+                dst: entry.fd,
+                cloexec: entry.cloexec,
+            });
+            continue;
+        }
         let what = format!("pid {pid} fd {}", entry.fd);
         let opened = match &entry.file {
             Some(fd::File::Regular(f)) => reopen(&f.path, f.flags, f.pos, &what)?,

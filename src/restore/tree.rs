@@ -74,6 +74,9 @@ pub fn create(entry: &PsTreeEntry, plan: &ChildPlan) -> Result<i32> {
     let mut status = [0u8; 1];
     let mut reader = File::from(sync_read);
     let got = reader.read(&mut status)?;
+    // End of file once the task has closed its end too: then its fd table is final.
+    let mut rest = Vec::new();
+    reader.read_to_end(&mut rest)?;
     if got != 1 || status[0] != 0 {
         let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(child_pid), None);
         let cause = if got == 1 {

@@ -8,6 +8,7 @@ pub mod cpu;
 pub mod fd;
 pub mod mem;
 pub mod pidfd;
+pub mod probe;
 pub mod ptrace;
 
 use std::io;

@@ -20,3 +20,13 @@ pub fn pidfd_getfd(pidfd: &OwnedFd, target_fd: i32) -> io::Result<OwnedFd> {
     // SAFETY: fd is a fresh descriptor nobody else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
+
+const KCMP_FILE: i32 = 0;
+
+/// Whether fd `a` of process `pid_a` and fd `b` of `pid_b` are the same open file description
+/// (kcmp KCMP_FILE).
+pub fn same_open_file(pid_a: i32, a: i32, pid_b: i32, b: i32) -> io::Result<bool> {
+    // SAFETY: kcmp takes only integers.
+    let ret = check(unsafe { libc::syscall(libc::SYS_kcmp, pid_a, pid_b, KCMP_FILE, a, b) })?;
+    Ok(ret == 0)
+}
