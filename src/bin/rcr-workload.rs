@@ -5,12 +5,13 @@
 //! The workload sets up the scenario's state, reads /proc/self/maps, writes DIR/ready
 //! (atomically, containing its pid), waits until DIR/go exists, then verifies its state and
 //! prints exactly `PASS` or `FAIL: <reason>` on stdout, exiting 0 or 1. Between ready and the
-//! verification it allocates nothing and maps nothing, so the maps can be compared. It is
+//! verification it allocates nothing and maps nothing, so the maps can be compared. Every
+//! scenario also checks its pid and that its set of open fds did not change. It is
 //! single-threaded and does not use the rcr library.
 //!
 //! Scenarios: memory sparse prot filemap brk tls vector nanosleep futex stdio counter all.
 //!
-//! The workload calls setsid() first so it is the leader of its own session and process
+//! At start the workload closes every fd above 2 it inherited, and calls setsid() so it is the leader of its own session and process
 //! group (set RCR_WORKLOAD_NO_SETSID=1 to keep the caller's session, e.g. for a shell job).
 
 // The modules live in src/bin/rcr-workload/ (a crate root file takes its modules from its
@@ -208,7 +209,7 @@ fn setup(scenario: &str, ctx: &Ctx) -> Result<Setup, String> {
 /// Grows the stack now, so the verification never extends the [stack] mapping.
 #[inline(never)]
 fn touch_stack() {
-    let mut buf = [0u8; 512 * 1024];
+    let mut buf = [0u8; 256 * 1024];
     std::hint::black_box(&mut buf);
 }
 
@@ -236,6 +237,27 @@ fn compare_maps(before: &[u8], after: &[u8], chk: &mut Check) {
     }
 }
 
+/// Names the first fd that appeared or disappeared.
+fn compare_fds(before: &[i32], after: &[i32], chk: &mut Check) {
+    let mut link = [0u8; 512];
+    if let Some(&fd) = after.iter().find(|fd| !before.contains(fd)) {
+        fail!(
+            chk,
+            "fd {fd} (`{}`) appeared (fds before: {:?}, after: {:?})",
+            Shown(sys::fd_link(fd, &mut link)),
+            before,
+            after
+        );
+    } else if let Some(&fd) = before.iter().find(|fd| !after.contains(fd)) {
+        fail!(
+            chk,
+            "fd {fd} disappeared (fds before: {:?}, after: {:?})",
+            before,
+            after
+        );
+    }
+}
+
 fn die(what: fmt::Arguments<'_>) -> ! {
     let mut m = Msg::new();
     let _ = writeln!(m, "FAIL: {what}");
@@ -253,6 +275,10 @@ fn main() {
         // SAFETY: setsid has no memory effects; it fails harmlessly if already a leader.
         unsafe { libc::setsid() };
     }
+    // Start from a known fd table: 0, 1, 2 only (callers can leak fds without O_CLOEXEC,
+    // e.g. a job server's pipe, that the scenarios know nothing about).
+    // SAFETY: close_range closes fds; no Rust object owns any fd above 2 at this point.
+    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
     let scenario = args[1].as_str();
     let ctx = Ctx::new(Path::new(&args[2]));
     if scenario == "counter" {
@@ -273,6 +299,11 @@ fn main() {
     }
     touch_stack();
 
+    let mut fds_before = sys::FdSet::new();
+    let mut fds_after = sys::FdSet::new();
+    if let Err(e) = fds_before.read() {
+        die(format_args!("listing /proc/self/fd: errno {e}"));
+    }
     let pid = sys::getpid();
     let n_before = match sys::read_file_into(maps_path, &mut maps_before) {
         Ok(n) => n,
@@ -290,6 +321,10 @@ fn main() {
     match n_after {
         Ok(n) => compare_maps(&maps_before[..n_before], &maps_after[..n], &mut chk),
         Err(e) => fail!(chk, "reading /proc/self/maps after go: errno {e}"),
+    }
+    match fds_after.read() {
+        Ok(()) => compare_fds(fds_before.as_slice(), fds_after.as_slice(), &mut chk),
+        Err(e) => fail!(chk, "listing /proc/self/fd after go: errno {e}"),
     }
     if pid_after != pid {
         fail!(chk, "getpid() is {pid_after}, expected {pid}");

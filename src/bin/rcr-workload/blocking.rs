@@ -165,13 +165,13 @@ pub fn counter(ctx: &Ctx) -> ! {
         let mut m = Msg::new();
         let _ = writeln!(m, "pid {} count {n}", sys::getpid());
         sys::out(m.as_bytes());
-        if n == 0 {
-            if let Err(e) = crate::write_ready(ctx, sys::getpid()) {
-                let mut m = Msg::new();
-                let _ = writeln!(m, "FAIL: writing ready: errno {e}");
-                sys::out(m.as_bytes());
-                std::process::exit(1);
-            }
+        if n == 0
+            && let Err(e) = crate::write_ready(ctx, sys::getpid())
+        {
+            let mut m = Msg::new();
+            let _ = writeln!(m, "FAIL: writing ready: errno {e}");
+            sys::out(m.as_bytes());
+            std::process::exit(1);
         }
         let mut ts = libc::timespec {
             tv_sec: 0,

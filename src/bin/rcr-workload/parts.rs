@@ -185,14 +185,23 @@ impl Prot {
 impl Part for Prot {
     fn verify(&mut self, chk: &mut Check) {
         if let Some((i, b, e)) = first_pattern_mismatch(self.ro.bytes(), PROT_RO_SEED) {
-            fail!(chk, "prot: read-only region byte {i} is {b:#x}, expected {e:#x}");
+            fail!(
+                chk,
+                "prot: read-only region byte {i} is {b:#x}, expected {e:#x}"
+            );
         }
         if let Err(e) = self.none.protect(libc::PROT_READ) {
-            fail!(chk, "prot: mprotect(PROT_NONE region, PROT_READ): errno {e}");
+            fail!(
+                chk,
+                "prot: mprotect(PROT_NONE region, PROT_READ): errno {e}"
+            );
             return;
         }
         if let Some((i, b, e)) = first_pattern_mismatch(self.none.bytes(), PROT_NONE_SEED) {
-            fail!(chk, "prot: PROT_NONE region byte {i} is {b:#x}, expected {e:#x}");
+            fail!(
+                chk,
+                "prot: PROT_NONE region byte {i} is {b:#x}, expected {e:#x}"
+            );
         }
     }
 }
@@ -398,7 +407,11 @@ impl Part for Brk {
         // SAFETY: gives the two pages back; `extra` is not used after this.
         let back = unsafe { libc::sbrk(-8192) };
         if back as isize == -1 || kernel_brk() != self.end_kernel {
-            fail!(chk, "brk: shrinking the heap back failed: errno {}", errno());
+            fail!(
+                chk,
+                "brk: shrinking the heap back failed: errno {}",
+                errno()
+            );
         }
     }
 }
@@ -422,13 +435,7 @@ const ARCH_GET_FS: libc::c_int = 0x1003;
 fn fs_base() -> Result<u64, i32> {
     let mut base: u64 = 0;
     // SAFETY: ARCH_GET_FS writes one u64 to the given address.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_arch_prctl,
-            ARCH_GET_FS,
-            &mut base as *mut u64,
-        )
-    };
+    let r = unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_GET_FS, &mut base as *mut u64) };
     if r != 0 { Err(errno()) } else { Ok(base) }
 }
 
@@ -463,7 +470,11 @@ impl Part for Tls {
         }
         let v = TLS_WORD.get();
         if v != self.value {
-            fail!(chk, "tls: thread-local value {v:#x}, expected {:#x}", self.value);
+            fail!(
+                chk,
+                "tls: thread-local value {v:#x}, expected {:#x}",
+                self.value
+            );
         }
     }
 }
@@ -495,13 +506,8 @@ impl FdState {
         let mut s = FdState::EMPTY;
         s.fd = fd;
         // SAFETY: readlink writes at most link.len() bytes into link.
-        let n = unsafe {
-            libc::readlink(
-                proc_path.as_ptr(),
-                s.link.as_mut_ptr().cast(),
-                s.link.len(),
-            )
-        };
+        let n =
+            unsafe { libc::readlink(proc_path.as_ptr(), s.link.as_mut_ptr().cast(), s.link.len()) };
         s.link_len = n.max(0) as usize;
         // SAFETY: lseek and fcntl on an fd number have no memory effects.
         unsafe {
@@ -608,10 +614,20 @@ impl Part for Stdio {
                 );
             }
             if a.offset != b.offset {
-                fail!(chk, "stdio: fd {fd} offset {}, expected {}", a.offset, b.offset);
+                fail!(
+                    chk,
+                    "stdio: fd {fd} offset {}, expected {}",
+                    a.offset,
+                    b.offset
+                );
             }
             if a.flags != b.flags {
-                fail!(chk, "stdio: fd {fd} F_GETFL {:#o}, expected {:#o}", a.flags, b.flags);
+                fail!(
+                    chk,
+                    "stdio: fd {fd} F_GETFL {:#o}, expected {:#o}",
+                    a.flags,
+                    b.flags
+                );
             }
             if a.fd_flags != b.fd_flags {
                 fail!(
@@ -631,7 +647,11 @@ impl Part for Stdio {
         // SAFETY: read into a local array.
         let n = unsafe { libc::read(self.ro_fd, buf.as_mut_ptr().cast(), buf.len()) };
         if n != 3 || &buf != b"def" {
-            fail!(chk, "stdio: read(ro.txt) gave {n} bytes `{}`, expected `def`", Shown(&buf));
+            fail!(
+                chk,
+                "stdio: read(ro.txt) gave {n} bytes `{}`, expected `def`",
+                Shown(&buf)
+            );
         }
         // The dup shares the file description: moving one moves the other.
         // SAFETY: lseek on our fds.

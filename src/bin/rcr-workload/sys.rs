@@ -246,10 +246,7 @@ impl Mapping {
         if p == libc::MAP_FAILED {
             return Err(format!("mmap {len} bytes: errno {}", errno()));
         }
-        Ok(Mapping {
-            ptr: p.cast(),
-            len,
-        })
+        Ok(Mapping { ptr: p.cast(), len })
     }
 
     pub fn addr(&self) -> usize {
@@ -292,4 +289,84 @@ impl Mapping {
         let r = unsafe { libc::madvise(self.ptr.cast(), self.len, advice) };
         if r != 0 { Err(errno()) } else { Ok(()) }
     }
+}
+
+/// The open fd numbers of this process, sorted (a fixed-size set: no allocation).
+pub struct FdSet {
+    fds: [i32; 256],
+    n: usize,
+}
+
+impl FdSet {
+    pub const fn new() -> FdSet {
+        FdSet {
+            fds: [0; 256],
+            n: 0,
+        }
+    }
+
+    pub fn as_slice(&self) -> &[i32] {
+        &self.fds[..self.n]
+    }
+
+    /// Reads /proc/self/fd with getdents64 (opendir would malloc).
+    pub fn read(&mut self) -> Result<(), i32> {
+        self.n = 0;
+        let dfd = open(
+            c"/proc/self/fd",
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            0,
+        )?;
+        let mut buf = [0u8; 4096];
+        let result = loop {
+            // SAFETY: getdents64 writes at most buf.len() bytes into buf.
+            let n =
+                unsafe { libc::syscall(libc::SYS_getdents64, dfd, buf.as_mut_ptr(), buf.len()) };
+            if n < 0 {
+                break Err(errno());
+            }
+            if n == 0 {
+                break Ok(());
+            }
+            // struct linux_dirent64 { u64 d_ino; i64 d_off; u16 d_reclen; u8 d_type; name }
+            let mut off = 0;
+            while off < n as usize {
+                let reclen = u16::from_ne_bytes([buf[off + 16], buf[off + 17]]) as usize;
+                let name = &buf[off + 19..off + reclen];
+                let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
+                if let Some(fd) = parse_fd(name)
+                    && fd != dfd
+                    && self.n < self.fds.len()
+                {
+                    self.fds[self.n] = fd;
+                    self.n += 1;
+                }
+                off += reclen;
+            }
+        };
+        close(dfd);
+        self.fds[..self.n].sort_unstable();
+        result
+    }
+}
+
+fn parse_fd(name: &[u8]) -> Option<i32> {
+    if name.is_empty() || !name.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    name.iter().try_fold(0i32, |v, &d| {
+        v.checked_mul(10)?.checked_add((d - b'0') as i32)
+    })
+}
+
+/// readlink /proc/self/fd/N into `buf`; returns the link text (empty if unreadable).
+pub fn fd_link(fd: i32, buf: &mut [u8; 512]) -> &[u8] {
+    let mut path = Msg::new();
+    let _ = fmt::Write::write_fmt(&mut path, format_args!("/proc/self/fd/{fd}\0"));
+    let Ok(path) = CStr::from_bytes_with_nul(path.as_bytes()) else {
+        return &[];
+    };
+    // SAFETY: readlink writes at most buf.len() bytes into buf.
+    let n = unsafe { libc::readlink(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    &buf[..n.max(0) as usize]
 }
