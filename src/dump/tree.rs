@@ -24,12 +24,8 @@ pub fn check_target(pid: i32) -> Result<Stat> {
     if stat.field(9) & PF_KTHREAD != 0 {
         bail!("pid {pid}: refusing to dump a kernel thread");
     }
-    let mut ancestor = std::process::id() as i32;
-    while ancestor > 1 {
-        if ancestor == pid {
-            bail!("pid {pid}: refusing to dump rcr itself or one of its ancestors");
-        }
-        ancestor = Stat::read(ancestor).map(|s| s.field(4) as i32).unwrap_or(0);
+    if pid as u32 == std::process::id() || is_descendant(std::process::id(), pid) {
+        bail!("pid {pid}: refusing to dump rcr itself or one of its ancestors");
     }
     if matches!(stat.state(), 'Z' | 'X') {
         bail!("pid {pid}: is a zombie");
@@ -38,8 +34,7 @@ pub fn check_target(pid: i32) -> Result<Stat> {
     if threads != 1 {
         bail!("pid {pid}: has {threads} threads; multi-threaded processes are not supported yet");
     }
-    let children = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))?;
-    if !children.trim().is_empty() {
+    if !children(pid).is_empty() {
         bail!("pid {pid}: has child processes; process trees are not supported yet");
     }
     let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -52,6 +47,41 @@ pub fn check_target(pid: i32) -> Result<Stat> {
         bail!("pid {pid}: is being traced by pid {tracer}");
     }
     Ok(stat)
+}
+
+/// Children of every thread of `pid`.
+pub fn children(pid: i32) -> Vec<u32> {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut children = Vec::new();
+    for task in tasks.flatten() {
+        let path = task.path().join("children");
+        if let Ok(text) = fs::read_to_string(path) {
+            children.extend(text.split_whitespace().filter_map(|c| c.parse::<u32>().ok()));
+        }
+    }
+    children
+}
+
+/// Whether `pid` is in the tree below `root`: found by walking down from the target (the
+/// processes the user named), never up through processes rcr was not asked about.
+fn is_descendant(pid: u32, root: i32) -> bool {
+    let mut queue = vec![root as u32];
+    let mut visited = 0;
+    while let Some(next) = queue.pop() {
+        visited += 1;
+        if visited > 100_000 {
+            return false;
+        }
+        for child in children(next as i32) {
+            if child == pid {
+                return true;
+            }
+            queue.push(child);
+        }
+    }
+    false
 }
 
 pub fn collect(pid: i32, stat: &Stat) -> PsTree {
