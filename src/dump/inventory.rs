@@ -22,7 +22,8 @@ pub fn host_cpu() -> CpuInfo {
     CpuInfo {
         vendor: cpu::vendor(),
         xcr0,
-        xstate_size: super::task::xstate_max_size() as u32,
+        // The XSAVE size for the features this kernel enabled: the regset size it reports.
+        xstate_size: cpu::cpuid(0xd, 0).ebx,
         xstate_layout,
     }
 }

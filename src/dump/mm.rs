@@ -70,7 +70,10 @@ pub fn parse_maps_line(line: &str) -> Option<MapsLine> {
     let path = rest.trim_start().to_owned();
     let (start, end) = range.split_once('-')?;
     let (major, minor) = dev.split_once(':')?;
-    let dev = (u64::from_str_radix(major, 16).ok()? << 8) | u64::from_str_radix(minor, 16).ok()?;
+    let dev = libc::makedev(
+        u32::from_str_radix(major, 16).ok()?,
+        u32::from_str_radix(minor, 16).ok()?,
+    );
     if perms.len() != 4 {
         return None;
     }
@@ -254,7 +257,7 @@ mod tests {
         assert_eq!(line.start, 0x7f0000001000);
         assert_eq!(line.end, 0x7f0000003000);
         assert_eq!(line.offset, 0x2000);
-        assert_eq!(line.dev, 0xfd01);
+        assert_eq!(line.dev, libc::makedev(0xfd, 0x01));
         assert_eq!(line.inode, 1234);
         assert_eq!(line.path, "/usr/lib/a b.so");
         let anon = parse_maps_line("7ffd1000-7ffd2000 rw-p 00000000 00:00 0 ").unwrap();

@@ -25,7 +25,8 @@ pub mod proto {
 
 pub const MAGIC: &[u8; 4] = b"RCRI";
 pub const FORMAT_MAJOR: u16 = 1;
-pub const FORMAT_MINOR: u16 = 0;
+/// 1.1: fds-PID.img Fd.dup_of.
+pub const FORMAT_MINOR: u16 = 1;
 const HEADER_LEN: usize = 20;
 const TRAILER_LEN: usize = 4;
 
@@ -134,6 +135,11 @@ pub fn decode_image<M: Message + Default>(kind: Kind, bytes: &[u8], what: &str) 
     let minor = u16::from_le_bytes(bytes[10..12].try_into().unwrap());
     if major != FORMAT_MAJOR {
         bail!("{what}: image format version {major}.{minor}, this rcr reads {FORMAT_MAJOR}.x");
+    }
+    if minor > FORMAT_MINOR {
+        bail!(
+            "{what}: image format version {major}.{minor} is newer than this rcr reads ({FORMAT_MAJOR}.{FORMAT_MINOR})"
+        );
     }
     let payload_len = u64::from_le_bytes(bytes[12..20].try_into().unwrap());
     let expected_len = (HEADER_LEN + TRAILER_LEN) as u64 + payload_len;
@@ -280,6 +286,20 @@ mod tests {
         bytes[8..10].copy_from_slice(&2u16.to_le_bytes());
         let err = decode_image::<proto::PsTree>(Kind::PsTree, &bytes, "t").unwrap_err();
         assert!(err.to_string().contains("version"));
+    }
+
+    #[test]
+    fn newer_minor_version_is_refused_older_accepted() {
+        let mut bytes = sample();
+        bytes[10..12].copy_from_slice(&(FORMAT_MINOR + 1).to_le_bytes());
+        let err = decode_image::<proto::PsTree>(Kind::PsTree, &bytes, "t").unwrap_err();
+        assert!(err.to_string().contains("newer"));
+        let mut bytes = sample();
+        bytes[10..12].copy_from_slice(&0u16.to_le_bytes());
+        let crc_at = bytes.len() - 4;
+        let crc = crc32fast::hash(&bytes[..crc_at]);
+        bytes[crc_at..].copy_from_slice(&crc.to_le_bytes());
+        assert!(decode_image::<proto::PsTree>(Kind::PsTree, &bytes, "t").is_ok());
     }
 
     #[test]

@@ -94,7 +94,11 @@ pub fn pagemap_scan(
     // SAFETY: the kernel reads `arg` and writes at most vec_len page_region structs into
     // `regions`, both alive across the call; it updates arg.walk_end.
     let n = check(unsafe {
-        libc::ioctl(pagemap.as_raw_fd(), PAGEMAP_SCAN as _, &mut arg as *mut PmScanArg)
+        libc::ioctl(
+            pagemap.as_raw_fd(),
+            PAGEMAP_SCAN as _,
+            &mut arg as *mut PmScanArg,
+        )
     } as libc::c_long)?;
     regions.truncate(n as usize);
     Ok(PageScan {
@@ -183,7 +187,11 @@ pub fn uffd_api(uffd: &OwnedFd) -> io::Result<UffdApi> {
     };
     // SAFETY: the kernel reads and writes one struct uffdio_api, alive across the call.
     check(unsafe {
-        libc::ioctl(uffd.as_raw_fd(), UFFDIO_API as _, &mut api as *mut UffdioApi)
+        libc::ioctl(
+            uffd.as_raw_fd(),
+            UFFDIO_API as _,
+            &mut api as *mut UffdioApi,
+        )
     } as libc::c_long)?;
     Ok(UffdApi {
         features: api.features,
@@ -231,15 +239,24 @@ mod tests {
         let pagemap = File::open("/proc/self/pagemap").unwrap();
         let local = [1u8; 64];
         let addr = std::hint::black_box(&local) as *const _ as u64 & !4095;
-        let scan =
-            match pagemap_scan(&pagemap, addr, addr + 4096, PAGE_IS_PRESENT, PAGE_IS_PRESENT, 4) {
-                Ok(scan) => scan,
-                // A kernel older than 6.7 has no PAGEMAP_SCAN: nothing to test.
-                Err(err) if err.raw_os_error() == Some(libc::ENOTTY) => return,
-                Err(err) => panic!("PAGEMAP_SCAN: {err}"),
-            };
+        let scan = match pagemap_scan(
+            &pagemap,
+            addr,
+            addr + 4096,
+            PAGE_IS_PRESENT,
+            PAGE_IS_PRESENT,
+            4,
+        ) {
+            Ok(scan) => scan,
+            // A kernel older than 6.7 has no PAGEMAP_SCAN: nothing to test.
+            Err(err) if err.raw_os_error() == Some(libc::ENOTTY) => return,
+            Err(err) => panic!("PAGEMAP_SCAN: {err}"),
+        };
         assert_eq!(scan.regions.len(), 1);
         assert_eq!(scan.regions[0].start, addr);
-        assert_eq!(scan.regions[0].categories & PAGE_IS_PRESENT, PAGE_IS_PRESENT);
+        assert_eq!(
+            scan.regions[0].categories & PAGE_IS_PRESENT,
+            PAGE_IS_PRESENT
+        );
     }
 }
