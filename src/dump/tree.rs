@@ -58,7 +58,10 @@ pub fn children(pid: i32) -> Vec<u32> {
     for task in tasks.flatten() {
         let path = task.path().join("children");
         if let Ok(text) = fs::read_to_string(path) {
-            children.extend(text.split_whitespace().filter_map(|c| c.parse::<u32>().ok()));
+            children.extend(
+                text.split_whitespace()
+                    .filter_map(|c| c.parse::<u32>().ok()),
+            );
         }
     }
     children

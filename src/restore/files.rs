@@ -49,7 +49,10 @@ pub fn open_all(pid: u32, fds: &Fds, floor: i32) -> Result<(Vec<OwnedFd>, Vec<Mo
         if let Some(original) = entry.dup_of {
             // One open file description, several numbers: place the same one again.
             let Some(source) = moves.iter().find(|m: &&Move| m.dst == original).copied() else {
-                bail!("pid {pid} fd {}: duplicate of unknown fd {original}", entry.fd);
+                bail!(
+                    "pid {pid} fd {}: duplicate of unknown fd {original}",
+                    entry.fd
+                );
             };
             moves.push(Move {
                 src: source.src,
