@@ -44,8 +44,8 @@ echo "== rcr restore -D $work/images"
 "$RCR" -v restore -D "$work/images" &
 restorer=$!
 sleep 1.5
-echo "== restored, counting on from where it stopped:"
-tail -n 6 "$out"
+echo "== restored, counting on from where it stopped (the last line before the dump, then on):"
+grep -A 4 -x -F "$last" "$out"
 pid_now=$(tail -n 1 "$out" | awk '{print $2}')
 if [ "$pid_now" = "$counter" ]; then echo "== same pid: $pid_now"; else echo "== pid changed: $pid_now" >&2; exit 1; fi
 kill -9 "$counter"
