@@ -28,6 +28,26 @@ fn memory() {
     roundtrip("memory", "memory");
 }
 
+/// The fallback page path (vmsplice into a pipe rcr splices from), used when the task cannot
+/// open the image file itself; memory with read-only and PROT_NONE regions.
+#[test]
+fn pages_through_pipe() {
+    for scenario in ["memory", "prot"] {
+        let name = format!("pages_through_pipe_{scenario}");
+        let mut h = Harness::new(&name);
+        let w = h.spawn(scenario);
+        h.wait_blocked(&w);
+        let img = h.path("img");
+        h.dump_env(&w, &img, &[], &[("RCR_PAGES_VIA_PIPE", "1")])
+            .assert_ok_for(&w);
+        h.reap_dumped(&w);
+        w.go();
+        let r = h.restore(&w, &img, &[]);
+        r.assert_ok_for(&w);
+        w.assert_pass();
+    }
+}
+
 #[test]
 fn sparse() {
     let (_h, w, img) = roundtrip("sparse", "sparse");

@@ -137,7 +137,13 @@ pub fn drain(
 fn open_sink(parasite: &mut Parasite, out_path: &Path) -> Result<Sink> {
     let pid = parasite.tid;
     let mut batch = parasite.batch();
-    let path = batch.put_cstr(&out_path.to_string_lossy());
+    // RCR_PAGES_VIA_PIPE=1 takes the fallback path, so that tests cover it with any workload.
+    let forced_pipe = std::env::var("RCR_PAGES_VIA_PIPE").is_ok_and(|v| v == "1");
+    let path = if forced_pipe {
+        batch.put_cstr("")
+    } else {
+        batch.put_cstr(&out_path.to_string_lossy())
+    };
     let flags = (libc::O_WRONLY | libc::O_CLOEXEC) as u64;
     batch.syscall_may_fail(libc::SYS_openat, &[libc::AT_FDCWD as u64, path, flags, 0]);
     let fds_addr = batch.reserve(8);
