@@ -13,13 +13,10 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Result, bail};
-use nix::sys::signal::{Signal, kill};
 
 use crate::image::{self, ImageDir, Kind};
 use crate::log;
 use crate::parasite::Parasite;
-use crate::ptrace::{self as pt, Regs};
-use crate::sys;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AfterDump {
@@ -59,45 +56,29 @@ pub fn dump(options: &DumpOptions) -> Result<DumpStats> {
     let pid = options.pid;
     let stat = tree::check_target(pid)?;
     let images = ImageDir::create(&options.dir)?;
-    let seized = pt::seize(pid)?;
-    let frozen = Instant::now();
-    let regs = match pt::get_regs(pid) {
-        Ok(regs) => regs,
-        Err(err) => {
-            let _ = pt::detach(pid, seized.was_stopped);
-            return Err(err);
-        }
-    };
-    let outcome = dump_frozen(pid, &stat, &images, &regs);
-    let resume = task::resume_regs(&regs, true);
+    let mut frozen = tree::seize_tree(pid, stat)?;
+    let frozen_at = Instant::now();
+    let outcome = dump_frozen(&mut frozen, &images);
     let mut stats = match outcome {
-        Ok((stats, sigmask)) => {
-            // The images are complete: now the task may go.
-            let _ = sys::ptrace::set_sigmask(pid, sigmask);
-            pt::set_regs(pid, &resume)?;
-            match options.after {
-                AfterDump::Kill => {
-                    kill(pt::pid(pid), Signal::SIGKILL)?;
-                    let _ = pt::detach(pid, false);
-                }
-                AfterDump::LeaveRunning => pt::detach(pid, seized.was_stopped)?,
-                AfterDump::LeaveStopped => pt::detach(pid, true)?,
-            }
+        Ok(stats) => {
+            // The images are complete: now the tree may go.
+            frozen.release(match options.after {
+                AfterDump::Kill => tree::Release::Kill,
+                AfterDump::LeaveRunning => tree::Release::AsBefore,
+                AfterDump::LeaveStopped => tree::Release::Stopped,
+            });
             stats
         }
-        Err((err, sigmask)) => {
-            if let Some(mask) = sigmask {
-                let _ = sys::ptrace::set_sigmask(pid, mask);
-            }
-            let _ = pt::set_regs(pid, &resume);
-            let _ = pt::detach(pid, seized.was_stopped);
+        Err(err) => {
+            frozen.release(tree::Release::AsBefore);
             return Err(err);
         }
     };
-    stats.frozen_ms = frozen.elapsed().as_secs_f64() * 1e3;
+    stats.frozen_ms = frozen_at.elapsed().as_secs_f64() * 1e3;
     stats.total_ms = started.elapsed().as_secs_f64() * 1e3;
     log::info(&format!(
-        "pid {pid}: dumped {} MiB of pages, frozen {:.1} ms, total {:.1} ms",
+        "pid {pid}: dumped {} processes, {} MiB of pages, frozen {:.1} ms, total {:.1} ms",
+        frozen.processes.len(),
         stats.pages_bytes >> 20,
         stats.frozen_ms,
         stats.total_ms
@@ -105,63 +86,53 @@ pub fn dump(options: &DumpOptions) -> Result<DumpStats> {
     Ok(stats)
 }
 
-type FrozenOutcome = std::result::Result<(DumpStats, u64), (anyhow::Error, Option<u64>)>;
-
-/// Everything done while the task is frozen. Returns the task's signal mask for the caller to
-/// put back, also on failure (when it was read).
-fn dump_frozen(pid: i32, stat: &mm::Stat, images: &ImageDir, regs: &Regs) -> FrozenOutcome {
-    let sigmask = sys::ptrace::get_sigmask(pid).map_err(|e| (e.into(), None))?;
-    let in_mask = |r: Result<DumpStats>| r.map(|s| (s, sigmask)).map_err(|e| (e, Some(sigmask)));
-    if let Err(err) = sys::ptrace::set_sigmask(pid, PARASITE_SIGMASK) {
-        return Err((err.into(), Some(sigmask)));
+/// Everything done while the tree is frozen.
+fn dump_frozen(frozen: &mut tree::Frozen, images: &ImageDir) -> Result<DumpStats> {
+    frozen.mask_signals(PARASITE_SIGMASK)?;
+    fault_point("after-seize")?;
+    let mut stats = DumpStats::default();
+    for process in frozen.processes.iter().filter(|p| p.zombie.is_none()) {
+        stats.pages_bytes += dump_process(process, images)?;
     }
-    in_mask(dump_masked(pid, stat, images, regs, sigmask))
+    images.write(Kind::Inventory, None, &inventory::collect(frozen.processes[0].pid)?)?;
+    images.write(Kind::PsTree, None, &frozen.pstree())?;
+    Ok(stats)
 }
 
-fn dump_masked(
-    pid: i32,
-    stat: &mm::Stat,
-    images: &ImageDir,
-    regs: &Regs,
-    sigmask: u64,
-) -> Result<DumpStats> {
-    fault_point("after-seize")?;
+/// One process: its threads, memory and files. Returns the bytes of pages written.
+fn dump_process(process: &tree::FrozenProcess, images: &ImageDir) -> Result<u64> {
+    let pid = process.pid;
     let phase = Instant::now();
-    let thread = task::collect_thread(pid, regs, sigmask)?;
-    let mut core = task::collect_process(pid, stat, thread)?;
-    let mut mm = mm::collect(pid, stat)?;
+    let threads = process
+        .threads
+        .iter()
+        .map(|t| task::collect_thread(t.tid, &t.regs, t.sigmask.unwrap_or(0)))
+        .collect::<Result<Vec<_>>>()?;
+    let mut core = task::collect_process(pid, &process.stat, threads)?;
+    let mut mm = mm::collect(pid, &process.stat)?;
     let fds = files::collect(pid)?;
     let runs = pages::collect_runs(pid, &mut mm.vmas)?;
     let page_map = pages::page_map(runs);
-    log::debug(&format!(
-        "pid {pid}: state and pagemap read in {:?}",
-        phase.elapsed()
-    ));
+    log::debug(&format!("pid {pid}: state and pagemap read in {:?}", phase.elapsed()));
 
-    let mut parasite = Parasite::infect(pid, regs, None)?;
-    let inside = collect_with_parasite(&mut parasite, &mut core, &mut mm, images, &page_map);
-    let cured = parasite.cure(regs);
-    log::debug(&format!(
-        "pid {pid}: parasite done in {:?}",
-        phase.elapsed()
-    ));
+    let leader = &process.threads[0];
+    let mut parasite = Parasite::infect(pid, &leader.regs, None)?;
+    let inside = collect_with_parasite(&mut parasite, process, &mut core, &mut mm, images, &page_map);
+    let cured = parasite.cure(&leader.regs);
+    log::debug(&format!("pid {pid}: parasite done in {:?}", phase.elapsed()));
     let pages_bytes = inside?;
     cured?;
 
-    images.write(Kind::Inventory, None, &inventory::collect(pid)?)?;
-    images.write(Kind::PsTree, None, &tree::collect(pid, stat))?;
     images.write(Kind::Core, Some(pid as u32), &core)?;
     images.write(Kind::Mm, Some(pid as u32), &mm)?;
     images.write(Kind::PageMap, Some(pid as u32), &page_map)?;
     images.write(Kind::Fds, Some(pid as u32), &fds)?;
-    Ok(DumpStats {
-        pages_bytes,
-        ..Default::default()
-    })
+    Ok(pages_bytes)
 }
 
 fn collect_with_parasite(
     parasite: &mut Parasite,
+    process: &tree::FrozenProcess,
     core: &mut image::proto::TaskCore,
     mm: &mut image::proto::Mm,
     images: &ImageDir,
@@ -170,6 +141,9 @@ fn collect_with_parasite(
     fault_point("after-infect")?;
     mm.brk = task::collect_in_task(parasite, core)?;
     mm.thp_disabled = core.thp_disable != 0;
+    for (thread, frozen) in core.threads.iter_mut().zip(&process.threads) {
+        task::collect_thread_in_task(parasite, &frozen.regs, thread)?;
+    }
     let pages_path = std::path::absolute(images.pages_path(core.pid))?;
     let out = image::create_private(&pages_path)?;
     let drain_start = Instant::now();

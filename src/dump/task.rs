@@ -101,7 +101,12 @@ pub fn collect_thread(tid: i32, regs: &Regs, sigmask: u64) -> Result<ThreadCore>
             length: c.rseq_abi_size,
             signature: c.signature,
         });
+    let comm = fs::read_to_string(format!("/proc/{tid}/task/{tid}/comm"))
+        .unwrap_or_default()
+        .trim_end()
+        .to_owned();
     Ok(ThreadCore {
+        comm,
         tid: tid as u32,
         regs: Some(regs_to_proto(&resume_regs(regs, false))),
         xstate,
@@ -115,7 +120,11 @@ pub fn collect_thread(tid: i32, regs: &Regs, sigmask: u64) -> Result<ThreadCore>
     })
 }
 
-pub fn collect_process(pid: i32, stat: &super::mm::Stat, thread: ThreadCore) -> Result<TaskCore> {
+pub fn collect_process(
+    pid: i32,
+    stat: &super::mm::Stat,
+    threads: Vec<ThreadCore>,
+) -> Result<TaskCore> {
     let comm = fs::read_to_string(format!("/proc/{pid}/comm"))?
         .trim_end()
         .to_owned();
@@ -134,7 +143,7 @@ pub fn collect_process(pid: i32, stat: &super::mm::Stat, thread: ThreadCore) -> 
         comm,
         state: stat.state().to_string(),
         personality,
-        threads: vec![thread],
+        threads,
         pdeathsig: 0,
         umask,
         sigactions: Vec::new(),
@@ -150,9 +159,8 @@ const PR_GET_TID_ADDRESS: u64 = 40;
 const PR_GET_THP_DISABLE: u64 = 42;
 const ARCH_GET_XCOMP_PERM: u64 = 0x1022;
 
-/// Reads, in the task's own context, what no outside interface shows: signal dispositions,
-/// sigaltstack, clear_child_tid, robust list, pdeathsig, brk, THP setting, AMX permission.
-/// Returns brk.
+/// Reads, in the process' own context, what no outside interface shows: signal
+/// dispositions, pdeathsig, brk, THP setting, AMX permission. Returns brk.
 pub fn collect_in_task(parasite: &mut Parasite, core: &mut TaskCore) -> Result<u64> {
     let mut batch = parasite.batch();
     let signals: Vec<u32> = (1..=64).filter(|&s| s != 9 && s != 19).collect();
@@ -160,26 +168,16 @@ pub fn collect_in_task(parasite: &mut Parasite, core: &mut TaskCore) -> Result<u
     for (i, &sig) in signals.iter().enumerate() {
         batch.syscall(
             libc::SYS_rt_sigaction,
-            &[
-                sig as u64,
-                0,
-                actions + (i * KERNEL_SIGACTION_SIZE) as u64,
-                8,
-            ],
+            &[sig as u64, 0, actions + (i * KERNEL_SIGACTION_SIZE) as u64, 8],
         );
     }
-    let altstack = batch.reserve(24);
-    batch.syscall(libc::SYS_sigaltstack, &[0, altstack]);
-    let tid_address = batch.reserve(8);
-    batch.syscall(libc::SYS_prctl, &[PR_GET_TID_ADDRESS, tid_address]);
-    let robust = batch.reserve(16);
-    batch.syscall(libc::SYS_get_robust_list, &[0, robust, robust + 8]);
     let pdeathsig = batch.reserve(8);
     batch.syscall(libc::SYS_prctl, &[libc::PR_GET_PDEATHSIG as u64, pdeathsig]);
     let brk_index = batch.syscall(libc::SYS_brk, &[0]);
     let thp_index = batch.syscall(libc::SYS_prctl, &[PR_GET_THP_DISABLE, 0, 0, 0, 0]);
     let xcomp = batch.reserve(8);
-    let xcomp_index = batch.syscall_may_fail(libc::SYS_arch_prctl, &[ARCH_GET_XCOMP_PERM, xcomp]);
+    let xcomp_index =
+        batch.syscall_may_fail(libc::SYS_arch_prctl, &[ARCH_GET_XCOMP_PERM, xcomp]);
     let result = parasite.run(&batch)?;
     if let Some((index, errno)) = result.failure() {
         anyhow::bail!(
@@ -203,8 +201,40 @@ pub fn collect_in_task(parasite: &mut Parasite, core: &mut TaskCore) -> Result<u
             }
         })
         .collect();
+    core.pdeathsig = parasite.read_u64(pdeathsig)? as i32;
+    core.thp_disable = result.results[thp_index] as i32;
+    if pt::syscall_error(result.results[xcomp_index]).is_none() {
+        core.xcomp_perm = parasite.read_u64(xcomp)?;
+    }
+    Ok(result.results[brk_index] as u64)
+}
+
+/// Reads one thread's own state in its context: sigaltstack, clear_child_tid, robust list.
+pub fn collect_thread_in_task(
+    parasite: &mut Parasite,
+    regs: &Regs,
+    thread: &mut ThreadCore,
+) -> Result<()> {
+    let tid = thread.tid as i32;
+    let mut batch = parasite.batch();
+    let altstack = batch.reserve(24);
+    batch.syscall(libc::SYS_sigaltstack, &[0, altstack]);
+    let tid_address = batch.reserve(8);
+    batch.syscall(libc::SYS_prctl, &[PR_GET_TID_ADDRESS, tid_address]);
+    let robust = batch.reserve(16);
+    batch.syscall(libc::SYS_get_robust_list, &[0, robust, robust + 8]);
+    let result = if tid == parasite.tid {
+        parasite.run(&batch)?
+    } else {
+        parasite.run_in_thread(tid, regs, &batch)?
+    };
+    if let Some((index, errno)) = result.failure() {
+        anyhow::bail!(
+            "tid {tid}: reading thread state failed at step {index}: {}",
+            std::io::Error::from_raw_os_error(errno)
+        );
+    }
     let alt = parasite.read(altstack, 24)?;
-    let thread = &mut core.threads[0];
     thread.sigaltstack = Some(SigAltStack {
         sp: u64::from_le_bytes(alt[0..8].try_into().unwrap()),
         flags: i32::from_le_bytes(alt[8..12].try_into().unwrap()),
@@ -213,10 +243,5 @@ pub fn collect_in_task(parasite: &mut Parasite, core: &mut TaskCore) -> Result<u
     thread.clear_child_tid = parasite.read_u64(tid_address)?;
     thread.robust_list = parasite.read_u64(robust)?;
     thread.robust_list_len = parasite.read_u64(robust + 8)?;
-    core.pdeathsig = parasite.read_u64(pdeathsig)? as i32;
-    core.thp_disable = result.results[thp_index] as i32;
-    if pt::syscall_error(result.results[xcomp_index]).is_none() {
-        core.xcomp_perm = parasite.read_u64(xcomp)?;
-    }
-    Ok(result.results[brk_index] as u64)
+    Ok(())
 }

@@ -1,11 +1,17 @@
-//! The process tree: which task may be dumped, and its place in its session.
+//! The process tree: which tasks may be dumped, freezing every thread of every process below
+//! the root (rescanning until no new thread or child appears), and letting them go again.
 
+use std::collections::BTreeSet;
 use std::fs;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
+use nix::sys::signal::{Signal, kill};
 
 use super::mm::Stat;
+use super::task;
 use crate::image::proto::{PsTree, PsTreeEntry};
+use crate::ptrace::{self as pt, Regs};
+use crate::sys;
 
 const PF_KTHREAD: u64 = 0x0020_0000;
 
@@ -30,22 +36,6 @@ pub fn check_target(pid: i32) -> Result<Stat> {
     if matches!(stat.state(), 'Z' | 'X') {
         bail!("pid {pid}: is a zombie");
     }
-    let threads = fs::read_dir(format!("/proc/{pid}/task"))?.count();
-    if threads != 1 {
-        bail!("pid {pid}: has {threads} threads; multi-threaded processes are not supported yet");
-    }
-    if !children(pid).is_empty() {
-        bail!("pid {pid}: has child processes; process trees are not supported yet");
-    }
-    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let tracer = status
-        .lines()
-        .find_map(|l| l.strip_prefix("TracerPid:"))
-        .map(|v| v.trim().to_owned())
-        .unwrap_or_default();
-    if tracer != "0" && !tracer.is_empty() {
-        bail!("pid {pid}: is being traced by pid {tracer}");
-    }
     Ok(stat)
 }
 
@@ -58,12 +48,11 @@ pub fn children(pid: i32) -> Vec<u32> {
     for task in tasks.flatten() {
         let path = task.path().join("children");
         if let Ok(text) = fs::read_to_string(path) {
-            children.extend(
-                text.split_whitespace()
-                    .filter_map(|c| c.parse::<u32>().ok()),
-            );
+            children.extend(text.split_whitespace().filter_map(|c| c.parse::<u32>().ok()));
         }
     }
+    children.sort_unstable();
+    children.dedup();
     children
 }
 
@@ -87,14 +76,212 @@ fn is_descendant(pid: u32, root: i32) -> bool {
     false
 }
 
-pub fn collect(pid: i32, stat: &Stat) -> PsTree {
-    PsTree {
-        processes: vec![PsTreeEntry {
-            pid: pid as u32,
-            ppid: 0,
-            pgid: stat.field(5) as u32,
-            sid: stat.field(6) as u32,
-            threads: vec![pid as u32],
-        }],
+fn tids(pid: i32) -> Vec<i32> {
+    let mut tids: Vec<i32> = fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|dir| {
+            dir.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    // The thread group leader first.
+    tids.sort_unstable_by_key(|&tid| (tid != pid, tid));
+    tids
+}
+
+fn tracer_of(tid: i32) -> Option<i32> {
+    let status = fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    let tracer: i32 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("TracerPid:"))?
+        .trim()
+        .parse()
+        .ok()?;
+    (tracer != 0).then_some(tracer)
+}
+
+/// A frozen thread: its registers and, once rcr changed it, its original signal mask.
+pub struct FrozenThread {
+    pub tid: i32,
+    pub regs: Regs,
+    pub sigmask: Option<u64>,
+}
+
+pub struct FrozenProcess {
+    pub pid: i32,
+    pub ppid: i32,
+    pub stat: Stat,
+    /// Wait status of a zombie (no thread of it is seized).
+    pub zombie: Option<i32>,
+    pub was_stopped: bool,
+    pub threads: Vec<FrozenThread>,
+}
+
+/// Every process of the tree, parents before children.
+pub struct Frozen {
+    pub processes: Vec<FrozenProcess>,
+}
+
+/// What happens to the tree when rcr lets go of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Release {
+    /// Exactly as before the dump (also after a failure).
+    AsBefore,
+    Stopped,
+    Kill,
+}
+
+/// Seizes every thread of `root` and of all its descendants. On failure, everything seized so
+/// far is let go as it was.
+pub fn seize_tree(root: i32, root_stat: Stat) -> Result<Frozen> {
+    let mut frozen = Frozen {
+        processes: Vec::new(),
+    };
+    match seize_into(&mut frozen, root, root_stat) {
+        Ok(()) => Ok(frozen),
+        Err(err) => {
+            frozen.release(Release::AsBefore);
+            Err(err)
+        }
+    }
+}
+
+fn seize_into(frozen: &mut Frozen, root: i32, root_stat: Stat) -> Result<()> {
+    let mut queue = std::collections::VecDeque::from([(root, Some(root_stat))]);
+    let mut seen = BTreeSet::from([root]);
+    while let Some((pid, stat)) = queue.pop_front() {
+        let stat = match stat {
+            Some(stat) => stat,
+            None => Stat::read(pid)?,
+        };
+        let ppid = stat.field(4) as i32;
+        if matches!(stat.state(), 'Z' | 'X') {
+            frozen.processes.push(FrozenProcess {
+                pid,
+                ppid,
+                zombie: Some(stat.field(52) as i32),
+                stat,
+                was_stopped: false,
+                threads: Vec::new(),
+            });
+            continue;
+        }
+        frozen.processes.push(FrozenProcess {
+            pid,
+            ppid,
+            stat,
+            zombie: None,
+            was_stopped: false,
+            threads: Vec::new(),
+        });
+        let process = frozen.processes.last_mut().unwrap();
+        // Threads may be created until every thread is frozen: rescan until stable.
+        loop {
+            let mut new = 0;
+            for tid in tids(pid) {
+                if process.threads.iter().any(|t| t.tid == tid) {
+                    continue;
+                }
+                if let Some(tracer) = tracer_of(tid) {
+                    bail!("pid {tid}: is being traced by pid {tracer}");
+                }
+                let seized = match pt::seize(tid) {
+                    Ok(seized) => seized,
+                    // A thread that exited meanwhile is simply gone.
+                    Err(_) if !std::path::Path::new(&format!("/proc/{pid}/task/{tid}")).exists() => {
+                        continue;
+                    }
+                    Err(err) => return Err(err),
+                };
+                process.was_stopped |= seized.was_stopped;
+                let regs = pt::get_regs(tid)?;
+                process.threads.push(FrozenThread {
+                    tid,
+                    regs,
+                    sigmask: None,
+                });
+                new += 1;
+            }
+            if new == 0 {
+                break;
+            }
+        }
+        if process.threads.is_empty() {
+            bail!("pid {pid}: exited while being seized");
+        }
+        // With every thread frozen, its children can no longer change.
+        for child in children(pid) {
+            let child = child as i32;
+            if seen.insert(child) {
+                queue.push_back((child, None));
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Frozen {
+    /// Blocks every signal but SIGTRAP in every thread while rcr works inside the tree,
+    /// keeping the original masks to put back.
+    pub fn mask_signals(&mut self, mask: u64) -> Result<()> {
+        for thread in self.threads_mut() {
+            let original = sys::ptrace::get_sigmask(thread.tid)
+                .with_context(|| format!("pid {}: cannot read the signal mask", thread.tid))?;
+            thread.sigmask = Some(original);
+            sys::ptrace::set_sigmask(thread.tid, mask)?;
+        }
+        Ok(())
+    }
+
+    fn threads_mut(&mut self) -> impl Iterator<Item = &mut FrozenThread> {
+        self.processes.iter_mut().flat_map(|p| p.threads.iter_mut())
+    }
+
+    /// Lets the tree go: registers and masks as they were, then detached (left as before or
+    /// stopped) or killed. Best effort: every thread is let go even if one fails.
+    pub fn release(&mut self, how: Release) {
+        for process in &self.processes {
+            for thread in &process.threads {
+                if let Some(mask) = thread.sigmask {
+                    let _ = sys::ptrace::set_sigmask(thread.tid, mask);
+                }
+                let _ = pt::set_regs(thread.tid, &task::resume_regs(&thread.regs, true));
+            }
+        }
+        if how == Release::Kill {
+            for process in self.processes.iter().filter(|p| p.zombie.is_none()) {
+                let _ = kill(pt::pid(process.pid), Signal::SIGKILL);
+            }
+        }
+        for process in &self.processes {
+            let stop = match how {
+                Release::AsBefore => process.was_stopped,
+                Release::Stopped => true,
+                Release::Kill => false,
+            };
+            for thread in &process.threads {
+                let _ = pt::detach(thread.tid, stop && thread.tid == process.pid);
+            }
+        }
+    }
+
+    pub fn pstree(&self) -> PsTree {
+        PsTree {
+            processes: self
+                .processes
+                .iter()
+                .enumerate()
+                .map(|(index, p)| PsTreeEntry {
+                    pid: p.pid as u32,
+                    ppid: if index == 0 { 0 } else { p.ppid as u32 },
+                    pgid: p.stat.field(5) as u32,
+                    sid: p.stat.field(6) as u32,
+                    threads: p.threads.iter().map(|t| t.tid as u32).collect(),
+                    zombie: p.zombie.is_some(),
+                    exit_status: p.zombie.unwrap_or(0),
+                    stopped: p.was_stopped,
+                })
+                .collect(),
+        }
     }
 }

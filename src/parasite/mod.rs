@@ -130,7 +130,8 @@ pub struct Parasite {
     mem: File,
     /// Registers the batches run with (the task's own, with rip/rsp/rbx/r12 replaced).
     regs: Regs,
-    running: Option<usize>,
+    /// The thread running a batch, and the batch's number of commands.
+    running: Option<(i32, usize)>,
     /// Whether the blob's code is in place and executable.
     stub_ready: bool,
 }
@@ -233,8 +234,20 @@ impl Parasite {
         self.finish()
     }
 
+    /// Runs a batch in another stopped thread `tid` of the same process (the code and data
+    /// area are shared; batches run one at a time), starting from that thread's `regs`.
+    pub fn run_in_thread(&mut self, tid: i32, regs: &Regs, batch: &Batch) -> Result<BatchResult> {
+        self.start_in(tid, regs, batch)?;
+        self.finish()
+    }
+
     /// Writes the batch into the task and lets it run; [`Parasite::finish`] waits for it.
     pub fn start(&mut self, batch: &Batch) -> Result<()> {
+        let regs = self.regs;
+        self.start_in(self.tid, &regs, batch)
+    }
+
+    fn start_in(&mut self, tid: i32, base_regs: &Regs, batch: &Batch) -> Result<()> {
         assert!(self.running.is_none(), "a batch is already running");
         let data = self.data_base();
         let mut header = vec![0u8; COMMANDS_OFFSET as usize];
@@ -252,15 +265,15 @@ impl Parasite {
         if !batch.arena.is_empty() {
             self.mem.write_all_at(&batch.arena, data + ARENA_OFFSET)?;
         }
-        let mut regs = self.regs;
+        let mut regs = *base_regs;
         regs.rip = self.base + blob::BATCH_ENTRY;
         regs.rbx = data + COMMANDS_OFFSET;
         regs.r12 = data;
         regs.rsp = (self.end() - 256) & !15;
         regs.orig_rax = u64::MAX;
-        pt::set_regs(self.tid, &regs)?;
-        ptrace::cont(pt::pid(self.tid), None)?;
-        self.running = Some(batch.commands.len());
+        pt::set_regs(tid, &regs)?;
+        ptrace::cont(pt::pid(tid), None)?;
+        self.running = Some((tid, batch.commands.len()));
         Ok(())
     }
 
@@ -273,21 +286,19 @@ impl Parasite {
             | WaitPidFlag::WNOWAIT
             | WaitPidFlag::WSTOPPED
             | WaitPidFlag::WEXITED;
-        let status = waitid(Id::Pid(pt::pid(self.tid)), flags)?;
+        let tid = self.running.map_or(self.tid, |(tid, _)| tid);
+        let status = waitid(Id::Pid(pt::pid(tid)), flags)?;
         Ok(!matches!(status, WaitStatus::StillAlive))
     }
 
     /// Waits for the running batch's int3 and reads its results.
     pub fn finish(&mut self) -> Result<BatchResult> {
-        let total = self.running.take().expect("no batch is running");
-        match pt::wait_stop(self.tid)? {
+        let (tid, total) = self.running.take().expect("no batch is running");
+        match pt::wait_stop(tid)? {
             Stop::Signal(Signal::SIGTRAP) => {}
             other => {
-                let rip = pt::get_regs(self.tid).map(|r| r.rip).unwrap_or(0);
-                bail!(
-                    "pid {}: parasite stopped with {other:?} at {rip:#x} instead of its trap",
-                    self.tid
-                );
+                let rip = pt::get_regs(tid).map(|r| r.rip).unwrap_or(0);
+                bail!("tid {tid}: parasite stopped with {other:?} at {rip:#x} instead of its trap");
             }
         }
         let data = self.data_base();

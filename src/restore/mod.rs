@@ -34,9 +34,13 @@ pub struct RestoreOptions {
     pub pidfile: Option<PathBuf>,
 }
 
-/// Every image of one process, read and checked.
+/// Every image of one process, read and checked (zombies have only their pstree entry).
 pub struct ProcessImages {
     pub entry: PsTreeEntry,
+    pub images: Option<LiveImages>,
+}
+
+pub struct LiveImages {
     pub core: TaskCore,
     pub mm: Mm,
     pub page_map: PageMap,
@@ -49,21 +53,32 @@ pub fn read_images(images: &ImageDir) -> Result<(Inventory, Vec<ProcessImages>)>
     let inventory: Inventory = images.read(Kind::Inventory, None)?;
     inventory::check(&inventory)?;
     let tree: PsTree = images.read(Kind::PsTree, None)?;
-    if tree.processes.len() != 1 {
-        bail!(
-            "pstree.img: {} processes; only single processes are supported yet",
-            tree.processes.len()
-        );
+    if tree.processes.is_empty() {
+        bail!("pstree.img: no processes");
     }
     let mut processes = Vec::new();
-    for entry in tree.processes {
+    for (index, entry) in tree.processes.into_iter().enumerate() {
+        if index > 0 && !processes.iter().any(|p: &ProcessImages| p.entry.pid == entry.ppid) {
+            bail!("pstree.img: pid {} comes before its parent {}", entry.pid, entry.ppid);
+        }
+        if entry.zombie {
+            processes.push(ProcessImages {
+                entry,
+                images: None,
+            });
+            continue;
+        }
         let pid = Some(entry.pid);
         let core: TaskCore = images.read(Kind::Core, pid)?;
         let mm: Mm = images.read(Kind::Mm, pid)?;
         let page_map: PageMap = images.read(Kind::PageMap, pid)?;
         let fds: Fds = images.read(Kind::Fds, pid)?;
-        if core.threads.len() != 1 || core.threads[0].regs.is_none() {
-            bail!("core-{}.img: expected one thread with registers", entry.pid);
+        let tids: Vec<u32> = core.threads.iter().map(|t| t.tid).collect();
+        if tids != entry.threads || core.threads.iter().any(|t| t.regs.is_none()) {
+            bail!("core-{}.img: threads do not match pstree.img", entry.pid);
+        }
+        if tids.first() != Some(&entry.pid) {
+            bail!("core-{}.img: the first thread is not the leader", entry.pid);
         }
         let pages_path = images.pages_path(entry.pid);
         let pages = File::open(&pages_path)
@@ -83,11 +98,13 @@ pub fn read_images(images: &ImageDir) -> Result<(Inventory, Vec<ProcessImages>)>
         }
         processes.push(ProcessImages {
             entry,
-            core,
-            mm,
-            page_map,
-            fds,
-            pages,
+            images: Some(LiveImages {
+                core,
+                mm,
+                page_map,
+                fds,
+                pages,
+            }),
         });
     }
     Ok((inventory, processes))
@@ -97,10 +114,10 @@ pub fn restore(options: &RestoreOptions) -> Result<i32> {
     let started = Instant::now();
     let images = ImageDir::open(&options.dir)?;
     let (_inventory, processes) = read_images(&images)?;
-    let process = &processes[0];
-    let pid = restore_process(process)?;
+    let pid = restore_tree(&processes)?;
     log::info(&format!(
-        "pid {pid}: restored in {:.1} ms",
+        "pid {pid}: restored {} processes in {:.1} ms",
+        processes.len(),
         started.elapsed().as_secs_f64() * 1e3
     ));
     if let Some(pidfile) = &options.pidfile {
@@ -119,7 +136,7 @@ pub fn restore(options: &RestoreOptions) -> Result<i32> {
     }
 }
 
-/// fds the restorer gives the task for its own use, numbered above the task's own fds.
+/// fds the restorer gives a process for its own use, numbered above the process' own fds.
 struct Services {
     pages: i32,
     exe: i32,
@@ -134,22 +151,9 @@ fn open_ro(path: &str, what: &str) -> Result<OwnedFd> {
         .into())
 }
 
-/// Creates the task and rebuilds it; kills it if anything fails.
-fn restore_process(process: &ProcessImages) -> Result<i32> {
-    let pid = process.entry.pid;
-    let current_layout = read_maps(std::process::id() as i32)?;
-    mm::check_specials(pid, &process.mm.vmas, &current_layout)?;
-
-    // Decide every fd number first: the task's own, then the restorer's services, then where
-    // rcr holds what it opened.
-    let max_task_fd = process
-        .fds
-        .fds
-        .iter()
-        .map(|f| f.fd)
-        .max()
-        .unwrap_or(2)
-        .max(2);
+/// Decides the service fd numbers of one process; returns them and the files to map.
+fn plan_services(live: &LiveImages) -> (Services, Vec<(String, bool)>) {
+    let max_task_fd = live.fds.fds.iter().map(|f| f.fd).max().unwrap_or(2).max(2);
     let mut next_service = max_task_fd + 1;
     let mut take = || {
         next_service += 1;
@@ -163,12 +167,12 @@ fn restore_process(process: &ProcessImages) -> Result<i32> {
         last: 0,
     };
     let mut mapped_paths: Vec<(String, bool)> = Vec::new();
-    for vma in &process.mm.vmas {
+    for vma in &live.mm.vmas {
         if matches!(vma.kind(), VmaKind::FilePrivate | VmaKind::FileShared)
             && !services.mapped_files.contains_key(&vma.path)
         {
             services.mapped_files.insert(vma.path.clone(), take());
-            let writable = process.mm.vmas.iter().any(|v| {
+            let writable = live.mm.vmas.iter().any(|v| {
                 v.path == vma.path
                     && v.kind() == VmaKind::FileShared
                     && v.vm_flags.iter().any(|f| f == "mw")
@@ -177,10 +181,19 @@ fn restore_process(process: &ProcessImages) -> Result<i32> {
         }
     }
     services.last = next_service - 1;
-    let floor = next_service + 16;
+    (services, mapped_paths)
+}
 
+/// Opens everything one process needs, held at or above `floor`.
+fn open_process_files(
+    live: &LiveImages,
+    pid: u32,
+    services: &Services,
+    mapped_paths: &[(String, bool)],
+    floor: i32,
+) -> Result<(Vec<OwnedFd>, Vec<files::Move>, OwnedFd)> {
     let what = format!("pid {pid}");
-    let (mut held, mut moves) = files::open_all(pid, &process.fds, floor)?;
+    let (mut held, mut moves) = files::open_all(pid, &live.fds, floor)?;
     let mut hold = |fd: OwnedFd, dst: i32| -> Result<()> {
         let fd = files::hold_above(fd, floor)?;
         moves.push(files::Move {
@@ -191,9 +204,9 @@ fn restore_process(process: &ProcessImages) -> Result<i32> {
         held.push(fd);
         Ok(())
     };
-    hold(process.pages.try_clone()?.into(), services.pages)?;
-    hold(open_ro(&process.mm.exe_path, &what)?, services.exe)?;
-    for (path, writable) in &mapped_paths {
+    hold(live.pages.try_clone()?.into(), services.pages)?;
+    hold(open_ro(&live.mm.exe_path, &what)?, services.exe)?;
+    for (path, writable) in mapped_paths {
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(*writable)
@@ -202,52 +215,137 @@ fn restore_process(process: &ProcessImages) -> Result<i32> {
         hold(file.into(), services.mapped_files[path])?;
     }
     let cwd = files::hold_above(
-        open_ro(&process.fds.cwd, &what).with_context(|| format!("{what}: cwd"))?,
+        open_ro(&live.fds.cwd, &what).with_context(|| format!("{what}: cwd"))?,
         floor,
     )?;
-    let mut keep: Vec<i32> = moves.iter().map(|m| m.dst).collect();
-    keep.sort_unstable();
-    let plan = tree::ChildPlan {
-        moves,
-        cwd: Some(cwd),
-        keep,
-        new_session: process.core.sid == pid,
-        new_group: process.core.pgid == pid,
-        floor,
-    };
-    let child = tree::create(&process.entry, &plan)?;
-    drop(plan);
-    drop(held);
-    if child != pid as i32 {
-        let _ = kill(pt::pid(child), Signal::SIGKILL);
-        bail!("pid {pid}: the new task got pid {child}");
+    Ok((held, moves, cwd))
+}
+
+/// Raises the soft limit on open files to the hard one: rcr holds every file of the tree.
+fn raise_nofile_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
     }
-    match rebuild(child, process, &services) {
-        Ok(()) => Ok(child),
+}
+
+/// Creates the tree and rebuilds every process; kills all of it if anything fails.
+fn restore_tree(processes: &[ProcessImages]) -> Result<i32> {
+    raise_nofile_limit();
+    let current_layout = read_maps(std::process::id() as i32)?;
+    let mut all_services = Vec::new();
+    let mut floor = 3;
+    for process in processes {
+        if let Some(live) = &process.images {
+            mm::check_specials(process.entry.pid, &live.mm.vmas, &current_layout)?;
+            let (services, mapped) = plan_services(live);
+            floor = floor.max(services.last + 16);
+            all_services.push(Some((services, mapped)));
+        } else {
+            all_services.push(None);
+        }
+    }
+
+    let mut held = Vec::new();
+    let mut plans = Vec::new();
+    for (index, process) in processes.iter().enumerate() {
+        let (report_read, report_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let report_read = files::hold_above(report_read, floor)?;
+        let report_write = files::hold_above(report_write, floor)?;
+        let mut plan = tree::ChildPlan {
+            entry: process.entry.clone(),
+            moves: Vec::new(),
+            cwd: None,
+            keep: Vec::new(),
+            children: Vec::new(),
+            report_read: Some(report_read),
+            report_write: Some(report_write),
+        };
+        if let (Some(live), Some((services, mapped))) = (&process.images, &all_services[index]) {
+            let (fds, moves, cwd) =
+                open_process_files(live, process.entry.pid, services, mapped, floor)?;
+            held.extend(fds);
+            plan.keep = moves.iter().map(|m| m.dst).collect();
+            plan.keep.sort_unstable();
+            plan.moves = moves;
+            plan.cwd = Some(cwd);
+        }
+        plans.push(plan);
+    }
+    for index in 1..processes.len() {
+        let parent = processes
+            .iter()
+            .position(|p| p.entry.pid == processes[index].entry.ppid)
+            .expect("checked when reading");
+        plans[parent].children.push(index);
+    }
+    let root = tree::create(&plans)?;
+    // Only the new processes hold the write ends now: a dead one shows as end of file.
+    for plan in &mut plans {
+        plan.report_write = None;
+    }
+    drop(held);
+    let created: Vec<i32> = processes.iter().map(|p| p.entry.pid as i32).collect();
+    let kill_all = || {
+        for &pid in created.iter().rev() {
+            let _ = kill(pt::pid(pid), Signal::SIGKILL);
+        }
+        let _ = waitpid(pt::pid(root), None);
+    };
+    if let Err(err) = tree::wait_ready(&plans[0], root) {
+        kill_all();
+        return Err(err);
+    }
+    drop(plans);
+    if root != processes[0].entry.pid as i32 {
+        kill_all();
+        bail!("pid {}: the new process got pid {root}", processes[0].entry.pid);
+    }
+    let mut seized = Vec::new();
+    let outcome = (|| -> Result<()> {
+        for (process, services) in processes.iter().zip(&all_services) {
+            let (Some(live), Some((services, _))) = (&process.images, services) else {
+                continue;
+            };
+            let pid = process.entry.pid as i32;
+            pt::seize(pid)?;
+            seized.push(pid);
+            rebuild(pid, live, services)?;
+        }
+        Ok(())
+    })();
+    match outcome {
+        Ok(()) => {
+            for (process, live) in processes.iter().filter_map(|p| Some((p, p.images.as_ref()?))) {
+                for thread in &live.core.threads {
+                    let stop = process.entry.stopped && thread.tid == process.entry.pid;
+                    pt::detach(thread.tid as i32, stop)?;
+                }
+            }
+            Ok(root)
+        }
         Err(err) => {
-            let _ = kill(pt::pid(child), Signal::SIGKILL);
-            let _ = waitpid(pt::pid(child), None);
+            kill_all();
             Err(err)
         }
     }
 }
 
-fn rebuild(pid: i32, process: &ProcessImages, services: &Services) -> Result<()> {
-    pt::seize(pid)?;
+fn rebuild(pid: i32, live: &LiveImages, services: &Services) -> Result<()> {
+    use nix::sys::ptrace::Options;
     nix::sys::ptrace::setoptions(
         pt::pid(pid),
-        nix::sys::ptrace::Options::PTRACE_O_TRACESYSGOOD
-            | nix::sys::ptrace::Options::PTRACE_O_EXITKILL,
+        Options::PTRACE_O_TRACESYSGOOD | Options::PTRACE_O_EXITKILL | Options::PTRACE_O_TRACECLONE,
     )?;
     let regs = pt::get_regs(pid)?;
     let inherited_rseq = crate::sys::ptrace::get_rseq_config(pid)?;
     let current = read_maps(pid)?;
-    let mm = &process.mm;
+    let mm = &live.mm;
     let temp_size = mm::specials_size(&mm.vmas);
     let place = mm::find_free_place(&mm.vmas, &current, parasite::REGION_SIZE + temp_size)?;
     let mut parasite = Parasite::infect(pid, &regs, Some(place))?;
     let region = (parasite.base, parasite.end());
-    let thread = &process.core.threads[0];
+    let leader = &live.core.threads[0];
     {
         let mut steps = Steps::new(&mut parasite);
         if let Some(rseq) = inherited_rseq {
@@ -266,25 +364,25 @@ fn rebuild(pid: i32, process: &ProcessImages, services: &Services) -> Result<()>
         mm::unmap_inherited(&mut steps, &current, region)?;
         mm::move_specials(&mut steps, &mm.vmas, &current, region.1)?;
         mm::map_vmas(&mut steps, mm, &services.mapped_files)?;
-        pages::fill(&mut steps, &process.page_map, services.pages)?;
+        pages::fill(&mut steps, &live.page_map, services.pages)?;
         mm::seal_protections(&mut steps, mm)?;
         mm::set_mm_fields(&mut steps, mm, services.exe)?;
-        task::restore_in_task(&mut steps, &process.core, thread)?;
+        task::restore_in_task(&mut steps, &live.core)?;
+        task::restore_thread_in_task(&mut steps, &live.core, leader)?;
         steps.room(1, 0)?;
         steps.add(
             "close the restorer's fds",
             libc::SYS_close_range,
             &[services.first as u64, services.last as u64, 0],
         );
+        task::create_threads(&mut steps, &live.core)?;
         steps.flush()?;
-        log::debug(&format!(
-            "pid {pid}: rebuilt in {} batches",
-            steps.batches_run
-        ));
+        log::debug(&format!("pid {pid}: rebuilt in {} batches", steps.batches_run));
     }
-    let final_regs = task::regs_from_proto(thread.regs.as_ref().unwrap(), &regs);
+    for thread in &live.core.threads[1..] {
+        task::finish_thread(&mut parasite, &live.core, thread)?;
+    }
+    let final_regs = task::regs_from_proto(leader.regs.as_ref().unwrap(), &regs);
     parasite.cure(&final_regs)?;
-    task::restore_cpu(pid, thread)?;
-    let stopped = process.core.state == "T";
-    pt::detach(pid, stopped)
+    task::restore_cpu(pid, leader)
 }

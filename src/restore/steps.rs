@@ -4,9 +4,12 @@
 use anyhow::{Result, bail};
 
 use crate::parasite::{Batch, Parasite};
+use crate::ptrace::Regs;
 
 pub struct Steps<'a> {
     parasite: &'a mut Parasite,
+    /// Another thread of the process to run the batches in, with its registers.
+    thread: Option<(i32, Regs)>,
     batch: Batch,
     labels: Vec<String>,
     expected: Vec<Option<i64>>,
@@ -18,11 +21,19 @@ impl<'a> Steps<'a> {
         let batch = parasite.batch();
         Steps {
             parasite,
+            thread: None,
             batch,
             labels: Vec::new(),
             expected: Vec::new(),
             batches_run: 0,
         }
+    }
+
+    /// Steps run by thread `tid` (stopped, with registers `regs`) instead of the leader.
+    pub fn new_in_thread(parasite: &'a mut Parasite, tid: i32, regs: Regs) -> Steps<'a> {
+        let mut steps = Steps::new(parasite);
+        steps.thread = Some((tid, regs));
+        steps
     }
 
     /// Makes sure the next `commands` commands and `bytes` of data go into one batch.
@@ -69,7 +80,10 @@ impl<'a> Steps<'a> {
             return Ok(());
         }
         let pid = self.parasite.tid;
-        let result = self.parasite.run(&self.batch)?;
+        let result = match self.thread {
+            Some((tid, regs)) => self.parasite.run_in_thread(tid, &regs, &self.batch)?,
+            None => self.parasite.run(&self.batch)?,
+        };
         self.batches_run += 1;
         if let Some((index, errno)) = result.failure() {
             bail!(

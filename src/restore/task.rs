@@ -5,7 +5,8 @@ use anyhow::{Context, Result};
 
 use super::steps::Steps;
 use crate::image::proto::{TaskCore, ThreadCore, UserRegs};
-use crate::ptrace::Regs;
+use crate::parasite::Parasite;
+use crate::ptrace::{self as pt, Regs};
 use crate::sys;
 
 const PR_SET_THP_DISABLE: u64 = 41;
@@ -46,8 +47,8 @@ pub fn regs_from_proto(r: &UserRegs, base: &Regs) -> Regs {
     out
 }
 
-/// Everything of the task set from inside, after its memory is in place.
-pub fn restore_in_task(steps: &mut Steps, core: &TaskCore, thread: &ThreadCore) -> Result<()> {
+/// The process-wide state, set from inside after its memory is in place.
+pub fn restore_in_task(steps: &mut Steps, core: &TaskCore) -> Result<()> {
     for action in &core.sigactions {
         steps.room(1, 32)?;
         let act = steps.put_u64s(&[action.handler, action.flags, action.restorer, action.mask]);
@@ -57,7 +58,35 @@ pub fn restore_in_task(steps: &mut Steps, core: &TaskCore, thread: &ThreadCore) 
             &[action.signal.into(), act, 0, 8],
         );
     }
-    steps.room(8, 64)?;
+    steps.room(6, 64)?;
+    steps.add("personality", libc::SYS_personality, &[core.personality.into()]);
+    steps.add("umask", libc::SYS_umask, &[core.umask.into()]);
+    steps.add(
+        "prctl(PR_SET_PDEATHSIG)",
+        libc::SYS_prctl,
+        &[libc::PR_SET_PDEATHSIG as u64, core.pdeathsig as u64],
+    );
+    if core.thp_disable != 0 {
+        steps.add(
+            "prctl(PR_SET_THP_DISABLE)",
+            libc::SYS_prctl,
+            &[PR_SET_THP_DISABLE, 1, 0, 0, 0],
+        );
+    }
+    if core.xcomp_perm & (1 << XFEATURE_XTILEDATA) != 0 {
+        steps.add(
+            "arch_prctl(ARCH_REQ_XCOMP_PERM)",
+            libc::SYS_arch_prctl,
+            &[ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA],
+        );
+    }
+    Ok(())
+}
+
+/// One thread's own state, set in its context: sigaltstack, tid address, robust list, rseq,
+/// name.
+pub fn restore_thread_in_task(steps: &mut Steps, core: &TaskCore, thread: &ThreadCore) -> Result<()> {
+    steps.room(6, 128)?;
     if let Some(alt) = &thread.sigaltstack {
         let flags = (alt.flags & !SS_ONSTACK) as u32 as u64;
         let ss = steps.put_u64s(&[alt.sp, flags, alt.size]);
@@ -85,39 +114,65 @@ pub fn restore_in_task(steps: &mut Steps, core: &TaskCore, thread: &ThreadCore) 
             &[rseq.address, rseq.length.into(), 0, rseq.signature.into()],
         );
     }
-    let comm = steps.put_cstr(&core.comm);
-    steps.add(
-        "prctl(PR_SET_NAME)",
-        libc::SYS_prctl,
-        &[libc::PR_SET_NAME as u64, comm],
-    );
-    steps.add(
-        "personality",
-        libc::SYS_personality,
-        &[core.personality.into()],
-    );
-    steps.add("umask", libc::SYS_umask, &[core.umask.into()]);
-    steps.add(
-        "prctl(PR_SET_PDEATHSIG)",
-        libc::SYS_prctl,
-        &[libc::PR_SET_PDEATHSIG as u64, core.pdeathsig as u64],
-    );
-    steps.room(2, 0)?;
-    if core.thp_disable != 0 {
-        steps.add(
-            "prctl(PR_SET_THP_DISABLE)",
-            libc::SYS_prctl,
-            &[PR_SET_THP_DISABLE, 1, 0, 0, 0],
-        );
-    }
-    if core.xcomp_perm & (1 << XFEATURE_XTILEDATA) != 0 {
-        steps.add(
-            "arch_prctl(ARCH_REQ_XCOMP_PERM)",
-            libc::SYS_arch_prctl,
-            &[ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA],
+    let name = if thread.comm.is_empty() { &core.comm } else { &thread.comm };
+    let name = steps.put_cstr(name);
+    steps.add("prctl(PR_SET_NAME)", libc::SYS_prctl, &[libc::PR_SET_NAME as u64, name]);
+    Ok(())
+}
+
+const THREAD_FLAGS: u64 = (libc::CLONE_VM
+    | libc::CLONE_FS
+    | libc::CLONE_FILES
+    | libc::CLONE_SIGHAND
+    | libc::CLONE_THREAD
+    | libc::CLONE_SYSVSEM) as u64;
+const THREAD_STACK: usize = 256;
+
+/// clone3 of every thread but the leader, with its original TID. The new threads start
+/// stopped (the leader is traced with PTRACE_O_TRACECLONE) and never run this code.
+pub fn create_threads(steps: &mut Steps, core: &TaskCore) -> Result<()> {
+    for thread in &core.threads[1..] {
+        steps.room(1, 200 + THREAD_STACK)?;
+        let set_tid = steps.put_u64s(&[u64::from(thread.tid)]);
+        let stack = steps.put(&[0u8; THREAD_STACK]);
+        // struct clone_args; set_tid is an array of pid_t, so the tid goes in the low half.
+        let args = steps.put_u64s(&[
+            THREAD_FLAGS,
+            0,
+            0,
+            0,
+            0,
+            stack,
+            THREAD_STACK as u64,
+            0,
+            set_tid,
+            1,
+            0,
+        ]);
+        steps.add_expect(
+            format!("clone3 thread {}", thread.tid),
+            libc::SYS_clone3,
+            &[args, 88],
+            i64::from(thread.tid),
         );
     }
     Ok(())
+}
+
+/// A new thread, stopped as it was born: its own state in its context, then its registers.
+pub fn finish_thread(parasite: &mut Parasite, core: &TaskCore, thread: &ThreadCore) -> Result<()> {
+    let tid = thread.tid as i32;
+    match pt::wait_stop(tid)? {
+        pt::Stop::Event(_) => {}
+        other => anyhow::bail!("tid {tid}: {other:?} instead of a new thread's first stop"),
+    }
+    let regs = pt::get_regs(tid)?;
+    let mut steps = Steps::new_in_thread(parasite, tid, regs);
+    restore_thread_in_task(&mut steps, core, thread)?;
+    steps.flush()?;
+    drop(steps);
+    pt::set_regs(tid, &regs_from_proto(thread.regs.as_ref().unwrap(), &regs))?;
+    restore_cpu(tid, thread)
 }
 
 /// Registers, xstate and signal mask, set from outside once the parasite is gone.

@@ -1,26 +1,40 @@
-//! Creating the task with its original PID (clone3 set_tid) and preparing it, in its own
-//! context, before the restorer takes over: file descriptors at their numbers, cwd, session.
+//! Creating the tree with original PIDs (clone3 set_tid): rcr creates the root, every process
+//! creates its own children, so parents, sessions and process groups come back. Each process,
+//! in its own context and before the restorer takes over, places its file descriptors,
+//! changes to its cwd, and reports through a pipe; zombies exit with their status.
 
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 
 use super::files::Move;
 use crate::image::proto::PsTreeEntry;
 use crate::sys::{child, clone3};
 
-/// What the new task does before it is seized, all decided by rcr beforehand.
+/// What one new process does before it is seized, all decided by rcr beforehand.
 pub struct ChildPlan {
+    pub entry: PsTreeEntry,
     pub moves: Vec<Move>,
     pub cwd: Option<OwnedFd>,
-    /// Every fd the task keeps (its own and the restorer's), sorted.
+    /// Every fd the process keeps (its own and the restorer's), sorted.
     pub keep: Vec<i32>,
-    pub new_session: bool,
-    pub new_group: bool,
-    /// rcr's own descriptors are held at or above this number.
-    pub floor: i32,
+    /// Indexes of its children in the plan list, in creation order.
+    pub children: Vec<usize>,
+    /// The pipe it reports on: rcr or its parent reads `report_read`.
+    pub report_read: Option<OwnedFd>,
+    pub report_write: Option<OwnedFd>,
+}
+
+/// A report: errno (0 = ready) and the pid it concerns.
+const REPORT_LEN: usize = 5;
+
+fn report(fd: i32, errno: u8, pid: u32) {
+    let mut bytes = [0u8; REPORT_LEN];
+    bytes[0] = errno;
+    bytes[1..].copy_from_slice(&pid.to_le_bytes());
+    let _ = child::write_all(fd, &bytes);
 }
 
 /// Says who holds `pid`, for the error when it is taken.
@@ -38,78 +52,160 @@ pub fn pid_holder(pid: u32) -> Option<String> {
     })
 }
 
-/// Creates the task; returns its pid once it has placed its fds and waits to be seized.
-pub fn create(entry: &PsTreeEntry, plan: &ChildPlan) -> Result<i32> {
-    let pid = entry.pid;
-    if let Some(holder) = pid_holder(pid) {
-        bail!("pid {pid} is already in use by {holder}");
-    }
-    let (sync_read, sync_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    // Above every fd the task will have, so placing them cannot close it.
-    let sync_write = super::files::hold_above(sync_write, plan.floor)?;
-    let sync_fd = sync_write.as_raw_fd();
-    let mut keep = plan.keep.clone();
-    keep.push(sync_fd);
-    keep.sort_unstable();
-    let created = clone3::clone_with_pid(pid as i32, || {
-        let code = match prepare_child(plan, &keep) {
-            Ok(()) => 0u8,
-            Err(err) => err.raw_os_error().unwrap_or(libc::EIO) as u8,
-        };
-        let _ = child::write_all(sync_fd, &[code]);
-        if code != 0 {
-            return 1;
+/// Creates the whole tree; returns when every process has placed its fds and waits to be
+/// seized (zombies have exited). Returns the root's pid.
+pub fn create(plans: &[ChildPlan]) -> Result<i32> {
+    for plan in plans {
+        for pid in std::iter::once(plan.entry.pid).chain(plan.entry.threads.iter().copied()) {
+            if let Some(holder) = pid_holder(pid) {
+                bail!("pid {pid} is already in use by {holder}");
+            }
         }
-        let _ = child::close_range(sync_fd as u32, sync_fd as u32);
-        child::pause_forever()
-    });
-    drop(sync_write);
-    let child_pid = match created {
-        Ok(child_pid) => child_pid,
+    }
+    let root = &plans[0];
+    let created = clone3::clone_with_pid(root.entry.pid as i32, || run_process(plans, 0));
+    let root_pid = match created {
+        Ok(pid) => pid,
         Err(err) if err.raw_os_error() == Some(libc::EEXIST) => {
-            bail!("pid {pid} is already in use")
+            bail!("pid {} is already in use", root.entry.pid)
         }
-        Err(err) => return Err(err).context(format!("pid {pid}: clone3 failed")),
+        Err(err) => bail!("pid {}: clone3 failed: {err}", root.entry.pid),
     };
-    let mut status = [0u8; 1];
-    let mut reader = File::from(sync_read);
-    let got = reader.read(&mut status)?;
-    // End of file once the task has closed its end too: then its fd table is final.
-    let mut rest = Vec::new();
-    reader.read_to_end(&mut rest)?;
-    if got != 1 || status[0] != 0 {
-        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(child_pid), None);
-        let cause = if got == 1 {
-            std::io::Error::from_raw_os_error(status[0].into()).to_string()
-        } else {
-            "it died".to_owned()
-        };
-        bail!("pid {pid}: preparing the new task failed: {cause}");
-    }
-    Ok(child_pid)
+    Ok(root_pid)
 }
 
-/// Runs in the new task: only plain system calls.
-fn prepare_child(plan: &ChildPlan, keep: &[i32]) -> std::io::Result<()> {
-    child::set_pdeathsig(libc::SIGKILL)?;
-    if plan.new_session {
-        child::setsid()?;
-    } else if plan.new_group {
-        child::setpgid_self()?;
+/// Waits for the root's report. rcr must have closed its copies of every report pipe's write
+/// end, so that a process that dies is seen as end of file.
+pub fn wait_ready(root: &ChildPlan, root_pid: i32) -> Result<()> {
+    let read_end = root.report_read.as_ref().expect("root report pipe");
+    let mut reader = File::from(read_end.try_clone()?);
+    let mut bytes = [0u8; REPORT_LEN];
+    let got = read_full(&mut reader, &mut bytes)?;
+    // End of file once every process has closed its copy: their fd tables are final.
+    let mut rest = Vec::new();
+    reader.read_to_end(&mut rest)?;
+    if got != REPORT_LEN {
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(root_pid), None);
+        bail!("pid {}: the new process died while being prepared", root.entry.pid);
+    }
+    if bytes[0] != 0 {
+        let pid = u32::from_le_bytes(bytes[1..].try_into().unwrap());
+        let cause = std::io::Error::from_raw_os_error(bytes[0].into());
+        bail!("pid {pid}: preparing the new process failed: {cause}");
+    }
+    Ok(())
+}
+
+fn read_full(reader: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        let n = reader.read(&mut buf[done..])?;
+        if n == 0 {
+            break;
+        }
+        done += n;
+    }
+    Ok(done)
+}
+
+/// The life of a new process until rcr seizes it: only plain system calls.
+fn run_process(plans: &[ChildPlan], index: usize) -> i32 {
+    let plan = &plans[index];
+    let pid = plan.entry.pid;
+    let report_fd = plan.report_write.as_ref().map_or(-1, |f| f.as_raw_fd());
+    match prepare(plans, index) {
+        Ok(()) => {}
+        Err(Failure { errno, pid }) => {
+            report(report_fd, errno, pid);
+            return 1;
+        }
+    }
+    if plan.entry.zombie {
+        report(report_fd, 0, pid);
+        child::exit_like(plan.entry.exit_status);
+    }
+    report(report_fd, 0, pid);
+    let _ = child::close_range(report_fd as u32, report_fd as u32);
+    child::pause_forever()
+}
+
+struct Failure {
+    errno: u8,
+    pid: u32,
+}
+
+fn failed(pid: u32) -> impl Fn(std::io::Error) -> Failure {
+    move |err| Failure {
+        errno: err.raw_os_error().unwrap_or(libc::EIO) as u8,
+        pid,
+    }
+}
+
+fn prepare(plans: &[ChildPlan], index: usize) -> std::result::Result<(), Failure> {
+    let plan = &plans[index];
+    let entry = &plan.entry;
+    let pid = entry.pid;
+    let fail = failed(pid);
+    child::set_pdeathsig(libc::SIGKILL).map_err(&fail)?;
+    if entry.sid == pid {
+        child::setsid().map_err(&fail)?;
+    } else if entry.pgid == pid {
+        child::setpgid_self().map_err(&fail)?;
+    } else if index != 0 {
+        // A group led by an ancestor or an earlier sibling, which exists by now.
+        child::setpgid(entry.pgid as i32).map_err(&fail)?;
+    }
+    // Children one at a time, each fully prepared before the next: groups and sessions they
+    // join then exist, whatever the order.
+    for &child_index in &plan.children {
+        let child_plan = &plans[child_index];
+        let child_pid = child_plan.entry.pid;
+        clone3::clone_with_pid(child_pid as i32, || run_process(plans, child_index))
+            .map_err(failed(child_pid))?;
+        let read_fd = child_plan.report_read.as_ref().map_or(-1, |f| f.as_raw_fd());
+        let mut bytes = [0u8; REPORT_LEN];
+        let mut got = 0;
+        while got < REPORT_LEN {
+            let n = child::read(read_fd, &mut bytes[got..]).map_err(failed(child_pid))?;
+            if n == 0 {
+                return Err(Failure {
+                    errno: libc::ECHILD as u8,
+                    pid: child_pid,
+                });
+            }
+            got += n;
+        }
+        if bytes[0] != 0 {
+            return Err(Failure {
+                errno: bytes[0],
+                pid: u32::from_le_bytes(bytes[1..].try_into().unwrap()),
+            });
+        }
+    }
+    if entry.zombie {
+        return Ok(());
     }
     if let Some(cwd) = &plan.cwd {
-        child::fchdir(cwd.as_raw_fd())?;
+        child::fchdir(cwd.as_raw_fd()).map_err(&fail)?;
     }
     for m in &plan.moves {
-        child::dup_to(m.src, m.dst, m.cloexec)?;
+        child::dup_to(m.src, m.dst, m.cloexec).map_err(&fail)?;
     }
-    // Close everything else (the sync pipe is closed after reporting).
+    // Close everything else but the report pipe.
+    let report_fd = plan.report_write.as_ref().map_or(-1, |f| f.as_raw_fd());
     let mut next = 0i32;
-    for &fd in keep {
-        if fd > next {
-            child::close_range(next as u32, (fd - 1) as u32)?;
+    let close_before = |fd: i32, next: &mut i32| -> std::io::Result<()> {
+        if fd > *next {
+            child::close_range(*next as u32, (fd - 1) as u32)?;
         }
-        next = next.max(fd + 1);
+        *next = (*next).max(fd + 1);
+        Ok(())
+    };
+    let mut kept: Vec<i32> = plan.keep.clone();
+    kept.push(report_fd);
+    kept.sort_unstable();
+    for fd in kept {
+        close_before(fd, &mut next).map_err(&fail)?;
     }
-    child::close_range(next as u32, u32::MAX)
+    child::close_range(next as u32, u32::MAX).map_err(&fail)
 }

@@ -61,9 +61,36 @@ pub fn setsid() -> io::Result<()> {
 }
 
 pub fn setpgid_self() -> io::Result<()> {
+    setpgid(0)
+}
+
+/// Moves this process into process group `pgid` (0: a group of its own).
+pub fn setpgid(pgid: i32) -> io::Result<()> {
     // SAFETY: integer arguments only.
-    check(unsafe { libc::setpgid(0, 0) } as libc::c_long)?;
+    check(unsafe { libc::setpgid(0, pgid) } as libc::c_long)?;
     Ok(())
+}
+
+/// Reads up to `buf.len()` bytes; 0 at end of file.
+pub fn read(fd: i32, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: the kernel writes at most buf.len() bytes into a live buffer.
+    let n = check(unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) as libc::c_long })?;
+    Ok(n as usize)
+}
+
+/// Ends this process the way a dumped zombie ended: with exit code or terminating signal
+/// taken from a wait status.
+pub fn exit_like(wait_status: i32) -> ! {
+    let signal = wait_status & 0x7f;
+    if signal != 0 {
+        // SAFETY: resetting a disposition and signalling ourselves take integers only.
+        unsafe {
+            libc::signal(signal, libc::SIG_DFL);
+            libc::kill(libc::getpid(), signal);
+        }
+    }
+    // SAFETY: _exit ends the process without running anything of the parent's.
+    unsafe { libc::_exit((wait_status >> 8) & 0xff) }
 }
 
 /// Sleeps until a tracer takes over; never returns.
