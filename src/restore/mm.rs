@@ -159,16 +159,26 @@ const MADVICE_OF_FLAG: [(&str, i32); 5] = [
 
 /// Maps every dumped VMA at its address; those that get contents stay writable until
 /// [`seal_protections`]. `file_fds` gives the task-side fd of each mapped file.
-pub fn map_vmas(steps: &mut Steps, mm: &Mm, file_fds: &BTreeMap<String, i32>) -> Result<()> {
+pub fn map_vmas(
+    steps: &mut Steps,
+    mm: &Mm,
+    file_fds: &BTreeMap<String, i32>,
+    shared_anon_fds: &BTreeMap<u64, i32>,
+) -> Result<()> {
     for vma in mm.vmas.iter().filter(|v| !is_special(v.kind())) {
         let len = vma.end - vma.start;
         let mut prot = vma.prot as u64;
         if vma.has_pages {
             prot |= libc::PROT_WRITE as u64;
         }
-        let flags = vma.flags as u64 | libc::MAP_FIXED as u64;
+        let mut flags = vma.flags as u64 | libc::MAP_FIXED as u64;
         let fd = match vma.kind() {
             VmaKind::FilePrivate | VmaKind::FileShared => file_fds[&vma.path] as u64,
+            VmaKind::AnonShared => {
+                // The tree's one object for this region, mapped like a file.
+                flags &= !(libc::MAP_ANONYMOUS as u64);
+                shared_anon_fds[&vma.inode] as u64
+            }
             _ => u64::MAX,
         };
         let pgoff = if fd == u64::MAX { 0 } else { vma.pgoff };

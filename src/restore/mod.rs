@@ -141,6 +141,9 @@ struct Services {
     pages: i32,
     exe: i32,
     mapped_files: BTreeMap<String, i32>,
+    /// Shared anonymous memory objects (by dumped inode): one object for every process
+    /// that maps it, as it was after fork.
+    shared_anon: BTreeMap<u64, i32>,
     first: i32,
     last: i32,
 }
@@ -163,6 +166,7 @@ fn plan_services(live: &LiveImages) -> (Services, Vec<(String, bool)>) {
         pages: take(),
         exe: take(),
         mapped_files: BTreeMap::new(),
+        shared_anon: BTreeMap::new(),
         first: max_task_fd + 1,
         last: 0,
     };
@@ -180,6 +184,11 @@ fn plan_services(live: &LiveImages) -> (Services, Vec<(String, bool)>) {
             mapped_paths.push((vma.path.clone(), writable));
         }
     }
+    for vma in &live.mm.vmas {
+        if vma.kind() == VmaKind::AnonShared && !services.shared_anon.contains_key(&vma.inode) {
+            services.shared_anon.insert(vma.inode, take());
+        }
+    }
     services.last = next_service - 1;
     (services, mapped_paths)
 }
@@ -190,6 +199,7 @@ fn open_process_files(
     pid: u32,
     services: &Services,
     mapped_paths: &[(String, bool)],
+    shared_objects: &BTreeMap<u64, OwnedFd>,
     floor: i32,
 ) -> Result<(Vec<OwnedFd>, Vec<files::Move>, OwnedFd)> {
     let what = format!("pid {pid}");
@@ -213,6 +223,9 @@ fn open_process_files(
             .open(path)
             .with_context(|| format!("{what}: mapped file {path}"))?;
         hold(file.into(), services.mapped_files[path])?;
+    }
+    for (inode, &dst) in &services.shared_anon {
+        hold(shared_objects[inode].try_clone()?, dst)?;
     }
     let cwd = files::hold_above(
         open_ro(&live.fds.cwd, &what).with_context(|| format!("{what}: cwd"))?,
@@ -246,6 +259,21 @@ fn restore_tree(processes: &[ProcessImages]) -> Result<i32> {
         }
     }
 
+    // One object per shared anonymous region of the tree, as large as its largest use.
+    let mut shared_sizes: BTreeMap<u64, u64> = BTreeMap::new();
+    for live in processes.iter().filter_map(|p| p.images.as_ref()) {
+        for vma in live.mm.vmas.iter().filter(|v| v.kind() == VmaKind::AnonShared) {
+            let size = shared_sizes.entry(vma.inode).or_default();
+            *size = (*size).max(vma.pgoff + vma.end - vma.start);
+        }
+    }
+    let mut shared_objects = BTreeMap::new();
+    for (&inode, &size) in &shared_sizes {
+        let object = crate::sys::mem::shared_anon_object(size as usize)
+            .with_context(|| format!("cannot create a shared memory object of {size} bytes"))?;
+        shared_objects.insert(inode, object);
+    }
+
     let mut held = Vec::new();
     let mut plans = Vec::new();
     for (index, process) in processes.iter().enumerate() {
@@ -263,7 +291,7 @@ fn restore_tree(processes: &[ProcessImages]) -> Result<i32> {
         };
         if let (Some(live), Some((services, mapped))) = (&process.images, &all_services[index]) {
             let (fds, moves, cwd) =
-                open_process_files(live, process.entry.pid, services, mapped, floor)?;
+                open_process_files(live, process.entry.pid, services, mapped, &shared_objects, floor)?;
             held.extend(fds);
             plan.keep = moves.iter().map(|m| m.dst).collect();
             plan.keep.sort_unstable();
@@ -285,6 +313,7 @@ fn restore_tree(processes: &[ProcessImages]) -> Result<i32> {
         plan.report_write = None;
     }
     drop(held);
+    drop(shared_objects);
     let created: Vec<i32> = processes.iter().map(|p| p.entry.pid as i32).collect();
     let kill_all = || {
         for &pid in created.iter().rev() {
@@ -363,7 +392,7 @@ fn rebuild(pid: i32, live: &LiveImages, services: &Services) -> Result<()> {
         }
         mm::unmap_inherited(&mut steps, &current, region)?;
         mm::move_specials(&mut steps, &mm.vmas, &current, region.1)?;
-        mm::map_vmas(&mut steps, mm, &services.mapped_files)?;
+        mm::map_vmas(&mut steps, mm, &services.mapped_files, &services.shared_anon)?;
         pages::fill(&mut steps, &live.page_map, services.pages)?;
         mm::seal_protections(&mut steps, mm)?;
         mm::set_mm_fields(&mut steps, mm, services.exe)?;

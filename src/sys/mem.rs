@@ -43,3 +43,28 @@ impl Drop for AnonMapping {
         unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
     }
 }
+
+/// A new shared anonymous memory object (what mmap(MAP_SHARED|MAP_ANONYMOUS) creates, shown
+/// as "/dev/zero (deleted)"), as a file descriptor that other processes can map.
+pub fn shared_anon_object(len: usize) -> io::Result<std::os::fd::OwnedFd> {
+    // SAFETY: a fresh shared mapping that nothing else references; unmapped below.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    let start = ptr as usize;
+    let path = format!("/proc/self/map_files/{:x}-{:x}", start, start + len);
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(path);
+    // SAFETY: unmapping the region mapped above; the object lives on through the fd.
+    unsafe { libc::munmap(ptr, len) };
+    Ok(file?.into())
+}
