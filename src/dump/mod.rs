@@ -94,7 +94,11 @@ fn dump_frozen(frozen: &mut tree::Frozen, images: &ImageDir) -> Result<DumpStats
     for process in frozen.processes.iter().filter(|p| p.zombie.is_none()) {
         stats.pages_bytes += dump_process(process, images)?;
     }
-    images.write(Kind::Inventory, None, &inventory::collect(frozen.processes[0].pid)?)?;
+    images.write(
+        Kind::Inventory,
+        None,
+        &inventory::collect(frozen.processes[0].pid)?,
+    )?;
     images.write(Kind::PsTree, None, &frozen.pstree())?;
     Ok(stats)
 }
@@ -113,13 +117,26 @@ fn dump_process(process: &tree::FrozenProcess, images: &ImageDir) -> Result<u64>
     let fds = files::collect(pid)?;
     let runs = pages::collect_runs(pid, &mut mm.vmas)?;
     let page_map = pages::page_map(runs);
-    log::debug(&format!("pid {pid}: state and pagemap read in {:?}", phase.elapsed()));
+    log::debug(&format!(
+        "pid {pid}: state and pagemap read in {:?}",
+        phase.elapsed()
+    ));
 
     let leader = &process.threads[0];
     let mut parasite = Parasite::infect(pid, &leader.regs, None)?;
-    let inside = collect_with_parasite(&mut parasite, process, &mut core, &mut mm, images, &page_map);
+    let inside = collect_with_parasite(
+        &mut parasite,
+        process,
+        &mut core,
+        &mut mm,
+        images,
+        &page_map,
+    );
     let cured = parasite.cure(&leader.regs);
-    log::debug(&format!("pid {pid}: parasite done in {:?}", phase.elapsed()));
+    log::debug(&format!(
+        "pid {pid}: parasite done in {:?}",
+        phase.elapsed()
+    ));
     let pages_bytes = inside?;
     cured?;
 

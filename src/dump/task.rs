@@ -168,7 +168,12 @@ pub fn collect_in_task(parasite: &mut Parasite, core: &mut TaskCore) -> Result<u
     for (i, &sig) in signals.iter().enumerate() {
         batch.syscall(
             libc::SYS_rt_sigaction,
-            &[sig as u64, 0, actions + (i * KERNEL_SIGACTION_SIZE) as u64, 8],
+            &[
+                sig as u64,
+                0,
+                actions + (i * KERNEL_SIGACTION_SIZE) as u64,
+                8,
+            ],
         );
     }
     let pdeathsig = batch.reserve(8);
@@ -176,8 +181,7 @@ pub fn collect_in_task(parasite: &mut Parasite, core: &mut TaskCore) -> Result<u
     let brk_index = batch.syscall(libc::SYS_brk, &[0]);
     let thp_index = batch.syscall(libc::SYS_prctl, &[PR_GET_THP_DISABLE, 0, 0, 0, 0]);
     let xcomp = batch.reserve(8);
-    let xcomp_index =
-        batch.syscall_may_fail(libc::SYS_arch_prctl, &[ARCH_GET_XCOMP_PERM, xcomp]);
+    let xcomp_index = batch.syscall_may_fail(libc::SYS_arch_prctl, &[ARCH_GET_XCOMP_PERM, xcomp]);
     let result = parasite.run(&batch)?;
     if let Some((index, errno)) = result.failure() {
         anyhow::bail!(

@@ -48,7 +48,10 @@ pub fn children(pid: i32) -> Vec<u32> {
     for task in tasks.flatten() {
         let path = task.path().join("children");
         if let Ok(text) = fs::read_to_string(path) {
-            children.extend(text.split_whitespace().filter_map(|c| c.parse::<u32>().ok()));
+            children.extend(
+                text.split_whitespace()
+                    .filter_map(|c| c.parse::<u32>().ok()),
+            );
         }
     }
     children.sort_unstable();
@@ -188,7 +191,9 @@ fn seize_into(frozen: &mut Frozen, root: i32, root_stat: Stat) -> Result<()> {
                 let seized = match pt::seize(tid) {
                     Ok(seized) => seized,
                     // A thread that exited meanwhile is simply gone.
-                    Err(_) if !std::path::Path::new(&format!("/proc/{pid}/task/{tid}")).exists() => {
+                    Err(_)
+                        if !std::path::Path::new(&format!("/proc/{pid}/task/{tid}")).exists() =>
+                    {
                         continue;
                     }
                     Err(err) => return Err(err),

@@ -58,8 +58,16 @@ pub fn read_images(images: &ImageDir) -> Result<(Inventory, Vec<ProcessImages>)>
     }
     let mut processes = Vec::new();
     for (index, entry) in tree.processes.into_iter().enumerate() {
-        if index > 0 && !processes.iter().any(|p: &ProcessImages| p.entry.pid == entry.ppid) {
-            bail!("pstree.img: pid {} comes before its parent {}", entry.pid, entry.ppid);
+        if index > 0
+            && !processes
+                .iter()
+                .any(|p: &ProcessImages| p.entry.pid == entry.ppid)
+        {
+            bail!(
+                "pstree.img: pid {} comes before its parent {}",
+                entry.pid,
+                entry.ppid
+            );
         }
         if entry.zombie {
             processes.push(ProcessImages {
@@ -262,7 +270,12 @@ fn restore_tree(processes: &[ProcessImages]) -> Result<i32> {
     // One object per shared anonymous region of the tree, as large as its largest use.
     let mut shared_sizes: BTreeMap<u64, u64> = BTreeMap::new();
     for live in processes.iter().filter_map(|p| p.images.as_ref()) {
-        for vma in live.mm.vmas.iter().filter(|v| v.kind() == VmaKind::AnonShared) {
+        for vma in live
+            .mm
+            .vmas
+            .iter()
+            .filter(|v| v.kind() == VmaKind::AnonShared)
+        {
             let size = shared_sizes.entry(vma.inode).or_default();
             *size = (*size).max(vma.pgoff + vma.end - vma.start);
         }
@@ -290,8 +303,14 @@ fn restore_tree(processes: &[ProcessImages]) -> Result<i32> {
             report_write: Some(report_write),
         };
         if let (Some(live), Some((services, mapped))) = (&process.images, &all_services[index]) {
-            let (fds, moves, cwd) =
-                open_process_files(live, process.entry.pid, services, mapped, &shared_objects, floor)?;
+            let (fds, moves, cwd) = open_process_files(
+                live,
+                process.entry.pid,
+                services,
+                mapped,
+                &shared_objects,
+                floor,
+            )?;
             held.extend(fds);
             plan.keep = moves.iter().map(|m| m.dst).collect();
             plan.keep.sort_unstable();
@@ -328,7 +347,10 @@ fn restore_tree(processes: &[ProcessImages]) -> Result<i32> {
     drop(plans);
     if root != processes[0].entry.pid as i32 {
         kill_all();
-        bail!("pid {}: the new process got pid {root}", processes[0].entry.pid);
+        bail!(
+            "pid {}: the new process got pid {root}",
+            processes[0].entry.pid
+        );
     }
     let mut seized = Vec::new();
     let outcome = (|| -> Result<()> {
@@ -345,7 +367,10 @@ fn restore_tree(processes: &[ProcessImages]) -> Result<i32> {
     })();
     match outcome {
         Ok(()) => {
-            for (process, live) in processes.iter().filter_map(|p| Some((p, p.images.as_ref()?))) {
+            for (process, live) in processes
+                .iter()
+                .filter_map(|p| Some((p, p.images.as_ref()?)))
+            {
                 for thread in &live.core.threads {
                     let stop = process.entry.stopped && thread.tid == process.entry.pid;
                     pt::detach(thread.tid as i32, stop)?;
@@ -392,7 +417,12 @@ fn rebuild(pid: i32, live: &LiveImages, services: &Services) -> Result<()> {
         }
         mm::unmap_inherited(&mut steps, &current, region)?;
         mm::move_specials(&mut steps, &mm.vmas, &current, region.1)?;
-        mm::map_vmas(&mut steps, mm, &services.mapped_files, &services.shared_anon)?;
+        mm::map_vmas(
+            &mut steps,
+            mm,
+            &services.mapped_files,
+            &services.shared_anon,
+        )?;
         pages::fill(&mut steps, &live.page_map, services.pages)?;
         mm::seal_protections(&mut steps, mm)?;
         mm::set_mm_fields(&mut steps, mm, services.exe)?;
@@ -406,7 +436,10 @@ fn rebuild(pid: i32, live: &LiveImages, services: &Services) -> Result<()> {
         );
         task::create_threads(&mut steps, &live.core)?;
         steps.flush()?;
-        log::debug(&format!("pid {pid}: rebuilt in {} batches", steps.batches_run));
+        log::debug(&format!(
+            "pid {pid}: rebuilt in {} batches",
+            steps.batches_run
+        ));
     }
     for thread in &live.core.threads[1..] {
         task::finish_thread(&mut parasite, &live.core, thread)?;

@@ -59,7 +59,11 @@ pub fn restore_in_task(steps: &mut Steps, core: &TaskCore) -> Result<()> {
         );
     }
     steps.room(6, 64)?;
-    steps.add("personality", libc::SYS_personality, &[core.personality.into()]);
+    steps.add(
+        "personality",
+        libc::SYS_personality,
+        &[core.personality.into()],
+    );
     steps.add("umask", libc::SYS_umask, &[core.umask.into()]);
     steps.add(
         "prctl(PR_SET_PDEATHSIG)",
@@ -85,7 +89,11 @@ pub fn restore_in_task(steps: &mut Steps, core: &TaskCore) -> Result<()> {
 
 /// One thread's own state, set in its context: sigaltstack, tid address, robust list, rseq,
 /// name.
-pub fn restore_thread_in_task(steps: &mut Steps, core: &TaskCore, thread: &ThreadCore) -> Result<()> {
+pub fn restore_thread_in_task(
+    steps: &mut Steps,
+    core: &TaskCore,
+    thread: &ThreadCore,
+) -> Result<()> {
     steps.room(6, 128)?;
     if let Some(alt) = &thread.sigaltstack {
         let flags = (alt.flags & !SS_ONSTACK) as u32 as u64;
@@ -114,9 +122,17 @@ pub fn restore_thread_in_task(steps: &mut Steps, core: &TaskCore, thread: &Threa
             &[rseq.address, rseq.length.into(), 0, rseq.signature.into()],
         );
     }
-    let name = if thread.comm.is_empty() { &core.comm } else { &thread.comm };
+    let name = if thread.comm.is_empty() {
+        &core.comm
+    } else {
+        &thread.comm
+    };
     let name = steps.put_cstr(name);
-    steps.add("prctl(PR_SET_NAME)", libc::SYS_prctl, &[libc::PR_SET_NAME as u64, name]);
+    steps.add(
+        "prctl(PR_SET_NAME)",
+        libc::SYS_prctl,
+        &[libc::PR_SET_NAME as u64, name],
+    );
     Ok(())
 }
 

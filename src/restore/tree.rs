@@ -86,7 +86,10 @@ pub fn wait_ready(root: &ChildPlan, root_pid: i32) -> Result<()> {
     reader.read_to_end(&mut rest)?;
     if got != REPORT_LEN {
         let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(root_pid), None);
-        bail!("pid {}: the new process died while being prepared", root.entry.pid);
+        bail!(
+            "pid {}: the new process died while being prepared",
+            root.entry.pid
+        );
     }
     if bytes[0] != 0 {
         let pid = u32::from_le_bytes(bytes[1..].try_into().unwrap());
@@ -162,7 +165,10 @@ fn prepare(plans: &[ChildPlan], index: usize) -> std::result::Result<(), Failure
         let child_pid = child_plan.entry.pid;
         clone3::clone_with_pid(child_pid as i32, || run_process(plans, child_index))
             .map_err(failed(child_pid))?;
-        let read_fd = child_plan.report_read.as_ref().map_or(-1, |f| f.as_raw_fd());
+        let read_fd = child_plan
+            .report_read
+            .as_ref()
+            .map_or(-1, |f| f.as_raw_fd());
         let mut bytes = [0u8; REPORT_LEN];
         let mut got = 0;
         while got < REPORT_LEN {

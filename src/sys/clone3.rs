@@ -28,17 +28,31 @@ struct CloneArgs {
 /// forking, so `child` may use anything the parent left in a consistent state; it should still
 /// keep to plain system calls.
 pub fn clone_with_pid(pid: i32, child: impl FnOnce() -> i32) -> io::Result<i32> {
+    clone_with(0, Some(pid), child)
+}
+
+/// Forks a child that is pid 1 of a new PID namespace; otherwise like [`clone_with_pid`].
+pub fn clone_into_new_pid_namespace(child: impl FnOnce() -> i32) -> io::Result<i32> {
+    clone_with(libc::CLONE_NEWPID as u64, None, child)
+}
+
+fn clone_with(flags: u64, pid: Option<i32>, child: impl FnOnce() -> i32) -> io::Result<i32> {
     let threads = std::fs::read_dir("/proc/self/task")?.count();
     if threads != 1 {
         return Err(io::Error::other(format!(
             "clone3 from a process with {threads} threads is unsafe"
         )));
     }
-    let set_tid: [libc::pid_t; 1] = [pid];
+    let set_tid: [libc::pid_t; 1] = [pid.unwrap_or(0)];
     let args = CloneArgs {
+        flags,
         exit_signal: libc::SIGCHLD as u64,
-        set_tid: set_tid.as_ptr() as u64,
-        set_tid_size: 1,
+        set_tid: if pid.is_some() {
+            set_tid.as_ptr() as u64
+        } else {
+            0
+        },
+        set_tid_size: u64::from(pid.is_some()),
         ..Default::default()
     };
     // SAFETY: clone3 without CLONE_VM duplicates the address space like fork(2); the child runs

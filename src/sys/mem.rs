@@ -63,7 +63,10 @@ pub fn shared_anon_object(len: usize) -> io::Result<std::os::fd::OwnedFd> {
     }
     let start = ptr as usize;
     let path = format!("/proc/self/map_files/{:x}-{:x}", start, start + len);
-    let file = std::fs::OpenOptions::new().read(true).write(true).open(path);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path);
     // SAFETY: unmapping the region mapped above; the object lives on through the fd.
     unsafe { libc::munmap(ptr, len) };
     Ok(file?.into())
