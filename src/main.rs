@@ -52,6 +52,10 @@ enum Command {
         /// Write the restored root's PID to FILE.
         #[arg(long, value_name = "FILE")]
         pidfile: Option<PathBuf>,
+        /// Restore into a new PID namespace: the tree keeps its original PIDs inside it,
+        /// under a small init of rcr's that exits with the root's status.
+        #[arg(long)]
+        pidns: bool,
     },
     /// Show which kernel features rcr needs and whether this machine has them.
     Check,
@@ -91,11 +95,13 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             dir,
             detach,
             pidfile,
+            pidns,
         } => {
             let code = rcr::restore::restore(&RestoreOptions {
                 dir,
                 detach,
                 pidfile,
+                pidns,
             })?;
             Ok(code.clamp(0, 255) as u8)
         }

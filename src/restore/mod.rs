@@ -32,6 +32,72 @@ pub struct RestoreOptions {
     pub dir: PathBuf,
     pub detach: bool,
     pub pidfile: Option<PathBuf>,
+    /// Restore inside a new PID namespace (original pids inside it).
+    pub pidns: bool,
+}
+
+/// How the tree's pids (as the images have them) are seen from rcr: the same numbers, or,
+/// with --pidns, other numbers outside the new namespace (read from NSpid in /proc).
+pub struct PidMap {
+    init: Option<i32>,
+    outer: std::cell::RefCell<BTreeMap<u32, i32>>,
+}
+
+impl PidMap {
+    fn identity() -> PidMap {
+        PidMap {
+            init: None,
+            outer: Default::default(),
+        }
+    }
+
+    /// The pid or tid `inner` as rcr sees it.
+    pub fn outer(&self, inner: u32) -> Result<i32> {
+        let Some(init) = self.init else {
+            return Ok(inner as i32);
+        };
+        if let Some(&outer) = self.outer.borrow().get(&inner) {
+            return Ok(outer);
+        }
+        self.scan(init);
+        self.outer
+            .borrow()
+            .get(&inner)
+            .copied()
+            .with_context(|| format!("pid {inner}: not found in the new pid namespace"))
+    }
+
+    /// Reads NSpid of every task below the namespace's init.
+    fn scan(&self, init: i32) {
+        let mut queue = vec![init];
+        while let Some(pid) = queue.pop() {
+            let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+                continue;
+            };
+            for task in tasks.flatten() {
+                let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+                    continue;
+                };
+                let ids: Vec<i64> = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("NSpid:"))
+                    .map(|v| {
+                        v.split_whitespace()
+                            .filter_map(|n| n.parse().ok())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if let (Some(&outer), Some(&inner)) = (ids.first(), ids.last()) {
+                    self.outer.borrow_mut().insert(inner as u32, outer as i32);
+                }
+            }
+            queue.extend(
+                crate::dump::tree::children(pid)
+                    .into_iter()
+                    .map(|c| c as i32),
+            );
+        }
+    }
 }
 
 /// Every image of one process, read and checked (zombies have only their pstree entry).
@@ -122,7 +188,7 @@ pub fn restore(options: &RestoreOptions) -> Result<i32> {
     let started = Instant::now();
     let images = ImageDir::open(&options.dir)?;
     let (_inventory, processes) = read_images(&images)?;
-    let pid = restore_tree(&processes)?;
+    let (pid, waited) = restore_tree(&processes, options.pidns)?;
     log::info(&format!(
         "pid {pid}: restored {} processes in {:.1} ms",
         processes.len(),
@@ -136,7 +202,7 @@ pub fn restore(options: &RestoreOptions) -> Result<i32> {
         return Ok(0);
     }
     loop {
-        match waitpid(pt::pid(pid), None)? {
+        match waitpid(pt::pid(waited), None)? {
             WaitStatus::Exited(_, code) => return Ok(code),
             WaitStatus::Signaled(_, sig, _) => return Ok(128 + sig as i32),
             _ => continue,
@@ -250,8 +316,9 @@ fn raise_nofile_limit() {
     }
 }
 
-/// Creates the tree and rebuilds every process; kills all of it if anything fails.
-fn restore_tree(processes: &[ProcessImages]) -> Result<i32> {
+/// Creates the tree and rebuilds every process; kills all of it if anything fails. Returns the
+/// root's pid and the pid of rcr's child (the root, or the init of the new pid namespace).
+fn restore_tree(processes: &[ProcessImages], pidns: bool) -> Result<(i32, i32)> {
     raise_nofile_limit();
     let current_layout = read_maps(std::process::id() as i32)?;
     let mut all_services = Vec::new();
@@ -326,29 +393,53 @@ fn restore_tree(processes: &[ProcessImages]) -> Result<i32> {
             .expect("checked when reading");
         plans[parent].children.push(index);
     }
-    let root = tree::create(&plans)?;
+    let (init_read, init_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let init_read = files::hold_above(init_read, floor)?;
+    let init_write = files::hold_above(init_write, floor)?;
+    let (child, pids) = if pidns {
+        let init = tree::create_in_new_namespace(&plans, &init_write)?;
+        let pids = PidMap {
+            init: Some(init),
+            outer: Default::default(),
+        };
+        (init, pids)
+    } else {
+        (tree::create(&plans)?, PidMap::identity())
+    };
     // Only the new processes hold the write ends now: a dead one shows as end of file.
+    drop(init_write);
     for plan in &mut plans {
         plan.report_write = None;
     }
     drop(held);
     drop(shared_objects);
-    let created: Vec<i32> = processes.iter().map(|p| p.entry.pid as i32).collect();
+    let created: Vec<u32> = processes.iter().map(|p| p.entry.pid).collect();
     let kill_all = || {
-        for &pid in created.iter().rev() {
-            let _ = kill(pt::pid(pid), Signal::SIGKILL);
+        if pidns {
+            // The namespace dies with its init.
+            let _ = kill(pt::pid(child), Signal::SIGKILL);
+        } else {
+            for &pid in created.iter().rev() {
+                let _ = kill(pt::pid(pid as i32), Signal::SIGKILL);
+            }
         }
-        let _ = waitpid(pt::pid(root), None);
+        let _ = waitpid(pt::pid(child), None);
     };
-    if let Err(err) = tree::wait_ready(&plans[0], root) {
+    let report = if pidns {
+        init_read
+    } else {
+        plans[0].report_read.take().expect("root report pipe")
+    };
+    if let Err(err) = tree::wait_ready(&plans[0], &report, child) {
         kill_all();
         return Err(err);
     }
     drop(plans);
-    if root != processes[0].entry.pid as i32 {
+    let root = pids.outer(processes[0].entry.pid)?;
+    if !pidns && root != child {
         kill_all();
         bail!(
-            "pid {}: the new process got pid {root}",
+            "pid {}: the new process got pid {child}",
             processes[0].entry.pid
         );
     }
@@ -358,10 +449,10 @@ fn restore_tree(processes: &[ProcessImages]) -> Result<i32> {
             let (Some(live), Some((services, _))) = (&process.images, services) else {
                 continue;
             };
-            let pid = process.entry.pid as i32;
+            let pid = pids.outer(process.entry.pid)?;
             pt::seize(pid)?;
             seized.push(pid);
-            rebuild(pid, live, services)?;
+            rebuild(pid, live, services, &pids)?;
         }
         Ok(())
     })();
@@ -373,10 +464,10 @@ fn restore_tree(processes: &[ProcessImages]) -> Result<i32> {
             {
                 for thread in &live.core.threads {
                     let stop = process.entry.stopped && thread.tid == process.entry.pid;
-                    pt::detach(thread.tid as i32, stop)?;
+                    pt::detach(pids.outer(thread.tid)?, stop)?;
                 }
             }
-            Ok(root)
+            Ok((root, child))
         }
         Err(err) => {
             kill_all();
@@ -385,7 +476,7 @@ fn restore_tree(processes: &[ProcessImages]) -> Result<i32> {
     }
 }
 
-fn rebuild(pid: i32, live: &LiveImages, services: &Services) -> Result<()> {
+fn rebuild(pid: i32, live: &LiveImages, services: &Services, pids: &PidMap) -> Result<()> {
     use nix::sys::ptrace::Options;
     nix::sys::ptrace::setoptions(
         pt::pid(pid),
@@ -442,7 +533,7 @@ fn rebuild(pid: i32, live: &LiveImages, services: &Services) -> Result<()> {
         ));
     }
     for thread in &live.core.threads[1..] {
-        task::finish_thread(&mut parasite, &live.core, thread)?;
+        task::finish_thread(&mut parasite, &live.core, thread, pids.outer(thread.tid)?)?;
     }
     let final_regs = task::regs_from_proto(leader.regs.as_ref().unwrap(), &regs);
     parasite.cure(&final_regs)?;

@@ -176,8 +176,12 @@ pub fn create_threads(steps: &mut Steps, core: &TaskCore) -> Result<()> {
 }
 
 /// A new thread, stopped as it was born: its own state in its context, then its registers.
-pub fn finish_thread(parasite: &mut Parasite, core: &TaskCore, thread: &ThreadCore) -> Result<()> {
-    let tid = thread.tid as i32;
+pub fn finish_thread(
+    parasite: &mut Parasite,
+    core: &TaskCore,
+    thread: &ThreadCore,
+    tid: i32,
+) -> Result<()> {
     match pt::wait_stop(tid)? {
         pt::Stop::Event(_) => {}
         other => anyhow::bail!("tid {tid}: {other:?} instead of a new thread's first stop"),

@@ -55,6 +55,79 @@ pub fn pid_holder(pid: u32) -> Option<String> {
 /// Creates the whole tree; returns when every process has placed its fds and waits to be
 /// seized (zombies have exited). Returns the root's pid.
 pub fn create(plans: &[ChildPlan]) -> Result<i32> {
+    check_pids_free(plans)?;
+    let root = &plans[0];
+    let created = clone3::clone_with_pid(root.entry.pid as i32, || run_process(plans, 0));
+    match created {
+        Ok(pid) => Ok(pid),
+        Err(err) if err.raw_os_error() == Some(libc::EEXIST) => {
+            bail!("pid {} is already in use", root.entry.pid)
+        }
+        Err(err) => bail!("pid {}: clone3 failed: {err}", root.entry.pid),
+    }
+}
+
+/// Like [`create`], inside a new PID namespace whose init is a small rcr process: the tree
+/// keeps its original pids inside, so nothing outside can collide with them. The init relays
+/// the root's report on `init_report`, reaps orphans, and exits with the root's status when
+/// the root exits (which ends the namespace). Returns the init's pid (outside).
+pub fn create_in_new_namespace(plans: &[ChildPlan], init_report: &OwnedFd) -> Result<i32> {
+    let report_fd = init_report.as_raw_fd();
+    clone3::clone_into_new_pid_namespace(|| run_init(plans, report_fd))
+        .map_err(|err| anyhow::anyhow!("cannot create a pid namespace: {err}"))
+}
+
+fn run_init(plans: &[ChildPlan], report_fd: i32) -> i32 {
+    let root = &plans[0];
+    let root_pid = root.entry.pid;
+    if let Err(err) = child::set_pdeathsig(libc::SIGKILL) {
+        report(report_fd, err.raw_os_error().unwrap_or(libc::EIO) as u8, 1);
+        return 1;
+    }
+    if let Err(err) = clone3::clone_with_pid(root_pid as i32, || run_process(plans, 0)) {
+        report(
+            report_fd,
+            err.raw_os_error().unwrap_or(libc::EIO) as u8,
+            root_pid,
+        );
+        return 1;
+    }
+    let read_fd = root.report_read.as_ref().map_or(-1, |f| f.as_raw_fd());
+    let mut bytes = [0u8; REPORT_LEN];
+    let mut got = 0;
+    while got < REPORT_LEN {
+        match child::read(read_fd, &mut bytes[got..]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    if got < REPORT_LEN {
+        report(report_fd, libc::ECHILD as u8, root_pid);
+        return 1;
+    }
+    let _ = child::write_all(report_fd, &bytes);
+    let _ = child::close_range(0, u32::MAX);
+    loop {
+        match nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(-1), None) {
+            Ok(nix::sys::wait::WaitStatus::Exited(pid, code))
+                if pid.as_raw() == root_pid as i32 =>
+            {
+                return code;
+            }
+            Ok(nix::sys::wait::WaitStatus::Signaled(pid, sig, _))
+                if pid.as_raw() == root_pid as i32 =>
+            {
+                // pid 1 cannot kill itself with a signal: report it as a shell would.
+                return 128 + sig as i32;
+            }
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return 0,
+        }
+    }
+}
+
+fn check_pids_free(plans: &[ChildPlan]) -> Result<()> {
     for plan in plans {
         for pid in std::iter::once(plan.entry.pid).chain(plan.entry.threads.iter().copied()) {
             if let Some(holder) = pid_holder(pid) {
@@ -62,22 +135,12 @@ pub fn create(plans: &[ChildPlan]) -> Result<i32> {
             }
         }
     }
-    let root = &plans[0];
-    let created = clone3::clone_with_pid(root.entry.pid as i32, || run_process(plans, 0));
-    let root_pid = match created {
-        Ok(pid) => pid,
-        Err(err) if err.raw_os_error() == Some(libc::EEXIST) => {
-            bail!("pid {} is already in use", root.entry.pid)
-        }
-        Err(err) => bail!("pid {}: clone3 failed: {err}", root.entry.pid),
-    };
-    Ok(root_pid)
+    Ok(())
 }
 
 /// Waits for the root's report. rcr must have closed its copies of every report pipe's write
 /// end, so that a process that dies is seen as end of file.
-pub fn wait_ready(root: &ChildPlan, root_pid: i32) -> Result<()> {
-    let read_end = root.report_read.as_ref().expect("root report pipe");
+pub fn wait_ready(root: &ChildPlan, read_end: &OwnedFd, root_pid: i32) -> Result<()> {
     let mut reader = File::from(read_end.try_clone()?);
     let mut bytes = [0u8; REPORT_LEN];
     let got = read_full(&mut reader, &mut bytes)?;
