@@ -4,7 +4,8 @@
 //! at best do).
 //!
 //!     rcr-bench [--dir DIR] [SIZE_MIB...]        default: /dev/shm, 64 1024 4096
-//!     rcr-bench hold SIZE_MIB READY_FILE         (internal) the workload
+//!     rcr-bench --procs N,N.. | --threads N,N..  dump/restore time by processes or threads
+//!     rcr-bench hold SIZE_MIB READY_FILE [PROCS THREADS]   (internal) the workload
 
 use std::fs;
 use std::io::{Read, Write};
@@ -25,11 +26,35 @@ fn fill(buf: &mut [u8], seed: u64) {
     }
 }
 
-/// The workload: SIZE MiB of pseudo-random private memory, then sleep until killed.
-fn hold(mib: usize, ready: &Path) -> Result<()> {
+/// The workload: SIZE MiB of pseudo-random private memory, PROCS-1 idle child processes and
+/// THREADS-1 idle threads, then sleep until killed.
+fn hold(mib: usize, ready: &Path, procs: usize, threads: usize) -> Result<()> {
     rcr::sys::child::close_range(3, u32::MAX)?;
     let mut memory = AnonMapping::new(mib << 20)?;
     fill(memory.as_mut_slice(), 0x5eed);
+    let me = std::env::current_exe()?;
+    for _ in 1..procs {
+        Command::new(&me)
+            .arg("idle")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+    }
+    for _ in 1..threads {
+        std::thread::spawn(|| {
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        });
+    }
+    // Ready once every child is asleep (its own thread only, state S).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while rcr::dump::tree::children(std::process::id() as i32).len() + 1 < procs
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     fs::write(ready, std::process::id().to_string())?;
     loop {
         std::thread::sleep(Duration::from_secs(3600));
@@ -98,12 +123,52 @@ struct Sample {
     restore_peak_kib: f64,
 }
 
+/// Every process below `root`, root included.
+fn tree_pids(root: i32) -> Vec<i32> {
+    let mut pids = vec![root];
+    let mut next = 0;
+    while next < pids.len() {
+        let children = rcr::dump::tree::children(pids[next]);
+        pids.extend(children.into_iter().map(|c| c as i32));
+        next += 1;
+    }
+    pids
+}
+
+/// Kills a tree the benchmark made (or restored) and reaps all of it: we are a subreaper,
+/// so its orphans are ours.
+fn kill_tree(root: i32) {
+    for pid in tree_pids(root) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    reap_all();
+}
+
+fn reap_all() {
+    while nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(-1), None).is_ok() {}
+}
+
 fn sample(rcr: &Path, me: &Path, dir: &Path, mib: usize) -> Result<Sample> {
+    sample_tree(rcr, me, dir, mib, 1, 1)
+}
+
+fn sample_tree(
+    rcr: &Path,
+    me: &Path,
+    dir: &Path,
+    mib: usize,
+    procs: usize,
+    threads: usize,
+) -> Result<Sample> {
     let ready = dir.join("ready");
     let _ = fs::remove_file(&ready);
     let mut child = Command::new(me)
         .args(["hold", &mib.to_string()])
         .arg(&ready)
+        .args([procs.to_string(), threads.to_string()])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -111,8 +176,7 @@ fn sample(rcr: &Path, me: &Path, dir: &Path, mib: usize) -> Result<Sample> {
     let deadline = Instant::now() + Duration::from_secs(120);
     while !ready.exists() {
         if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
+            kill_tree(child.id() as i32);
             bail!("workload of {mib} MiB not ready");
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -121,8 +185,11 @@ fn sample(rcr: &Path, me: &Path, dir: &Path, mib: usize) -> Result<Sample> {
     let images = dir.join("images");
     let images_arg = images.to_str().context("path")?;
     let dump = run_rcr(rcr, &["dump", "-t", &pid, "-D", images_arg]);
-    let _ = child.kill();
+    if dump.is_err() {
+        kill_tree(child.id() as i32);
+    }
     let _ = child.wait();
+    reap_all();
     let dump = dump?;
     let pidfile = dir.join("pid");
     let restore = run_rcr(
@@ -136,11 +203,9 @@ fn sample(rcr: &Path, me: &Path, dir: &Path, mib: usize) -> Result<Sample> {
             pidfile.to_str().unwrap(),
         ],
     )?;
-    // The restored task is our orphan (we are a subreaper): kill and reap it.
+    // The restored tree is our orphan (we are a subreaper): kill and reap it.
     let restored: i32 = fs::read_to_string(&pidfile)?.trim().parse()?;
-    let restored = nix::unistd::Pid::from_raw(restored);
-    nix::sys::signal::kill(restored, nix::sys::signal::Signal::SIGKILL)?;
-    let _ = nix::sys::wait::waitpid(restored, None);
+    kill_tree(restored);
     let image_bytes: u64 = fs::read_dir(&images)?
         .filter_map(|e| e.ok()?.metadata().ok())
         .map(|m| m.len())
@@ -197,25 +262,69 @@ fn bench(rcr: &Path, me: &Path, base: &Path, mib: usize) -> Result<()> {
     Ok(())
 }
 
+/// Dump and restore time by number of processes or threads (1 MiB of memory in the root).
+fn bench_counts(rcr: &Path, me: &Path, base: &Path, what: &str, counts: &[usize]) -> Result<()> {
+    let dir = base.join("rcr-bench-counts");
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir)?;
+    let mut first: Option<(f64, f64)> = None;
+    for &n in counts {
+        let (procs, threads) = if what == "procs" { (n, 1) } else { (1, n) };
+        let mut samples = Vec::new();
+        for _ in 0..RUNS {
+            samples.push(sample_tree(rcr, me, &dir, 1, procs, threads)?);
+        }
+        let dump_ms = median(samples.iter().map(|s| s.dump_ms).collect());
+        let restore_ms = median(samples.iter().map(|s| s.restore_ms).collect());
+        let (base_dump, base_restore) = *first.get_or_insert((dump_ms, restore_ms));
+        let extra = (n.max(2) - 1) as f64;
+        println!(
+            "{n:>4} {what:<7} | dump {dump_ms:7.1} ms | restore {restore_ms:7.1} ms | per extra one: dump {:5.2} ms, restore {:5.2} ms",
+            (dump_ms - base_dump) / extra,
+            (restore_ms - base_restore) / extra,
+        );
+    }
+    let _ = fs::remove_dir_all(&dir);
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("hold") {
-        return hold(args[2].parse()?, Path::new(&args[3]));
+    match args.get(1).map(String::as_str) {
+        Some("hold") => {
+            let count = |i: usize| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(1);
+            return hold(args[2].parse()?, Path::new(&args[3]), count(4), count(5));
+        }
+        Some("idle") => {
+            rcr::sys::child::close_range(3, u32::MAX)?;
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
+        _ => {}
     }
     nix::sys::prctl::set_child_subreaper(true)?;
     let me = std::env::current_exe()?;
     let rcr = me.with_file_name("rcr");
     let mut base = PathBuf::from("/dev/shm");
     let mut sizes = Vec::new();
+    let mut counts: Vec<(String, Vec<usize>)> = Vec::new();
     let mut rest = args[1..].iter();
     while let Some(arg) = rest.next() {
         if arg == "--dir" {
             base = PathBuf::from(rest.next().context("--dir DIR")?);
+        } else if arg == "--procs" || arg == "--threads" {
+            let list = rest.next().context("--procs/--threads N,N...")?;
+            let numbers = list
+                .split(',')
+                .map(str::parse)
+                .collect::<Result<Vec<usize>, _>>()?;
+            counts.push((arg[2..].to_owned(), numbers));
         } else {
             sizes.push(arg.parse::<usize>()?);
         }
     }
-    if sizes.is_empty() {
+    if sizes.is_empty() && counts.is_empty() {
         sizes = vec![64, 1024, 4096];
     }
     println!(
@@ -224,6 +333,9 @@ fn main() -> Result<()> {
     );
     for mib in sizes {
         bench(&rcr, &me, &base, mib)?;
+    }
+    for (what, numbers) in &counts {
+        bench_counts(&rcr, &me, &base, what, numbers)?;
     }
     Ok(())
 }
