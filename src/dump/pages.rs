@@ -38,22 +38,113 @@ fn wanted(kind: VmaKind, entry: u64) -> bool {
     }
 }
 
+/// Adds a page range to the runs, merging with the last run of the same VMA.
+fn push_range(runs: &mut Vec<PageRun>, first_run: usize, mut vaddr: u64, end: u64) {
+    while vaddr < end {
+        let in_this_vma = runs.len() > first_run;
+        match runs.last_mut() {
+            Some(run)
+                if in_this_vma
+                    && run.vaddr + run.nr_pages * PAGE_SIZE == vaddr
+                    && run.nr_pages * PAGE_SIZE < MAX_RUN_BYTES =>
+            {
+                let room = MAX_RUN_BYTES - run.nr_pages * PAGE_SIZE;
+                let take = (end - vaddr).min(room);
+                run.nr_pages += take / PAGE_SIZE;
+                vaddr += take;
+            }
+            _ => {
+                let take = (end - vaddr).min(MAX_RUN_BYTES);
+                runs.push(PageRun {
+                    vaddr,
+                    nr_pages: take / PAGE_SIZE,
+                });
+                vaddr += take;
+            }
+        }
+    }
+}
+
+const SCAN_REGIONS: usize = 4096;
+
+/// The pages to save of one VMA through PAGEMAP_SCAN (Linux 6.7+): present or swapped, not
+/// the shared zero page, and for a private file mapping not a page-cache page.
+fn scan_vma(pagemap: &File, vma: &Vma, runs: &mut Vec<PageRun>) -> std::io::Result<()> {
+    use crate::sys::probe::{
+        PAGE_IS_FILE, PAGE_IS_PFNZERO, PAGE_IS_PRESENT, PAGE_IS_SWAPPED, PageFilter,
+        pagemap_scan_filtered,
+    };
+    let excluded = if vma.kind() == VmaKind::FilePrivate {
+        PAGE_IS_FILE | PAGE_IS_PFNZERO
+    } else {
+        PAGE_IS_PFNZERO
+    };
+    let filter = PageFilter {
+        required: excluded,
+        inverted: excluded,
+        any_of: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+    };
+    let first_run = runs.len();
+    let mut at = vma.start;
+    while at < vma.end {
+        let scan = pagemap_scan_filtered(pagemap, at..vma.end, filter, filter.any_of, SCAN_REGIONS)?;
+        for region in &scan.regions {
+            push_range(runs, first_run, region.start, region.end);
+        }
+        if scan.regions.len() < SCAN_REGIONS || scan.walk_end <= at {
+            break;
+        }
+        at = scan.walk_end;
+    }
+    Ok(())
+}
+
 /// Scans pagemap and returns the runs of pages to save, marking the VMAs that have any.
 pub fn collect_runs(pid: i32, vmas: &mut [Vma]) -> Result<Vec<PageRun>> {
     let pagemap = File::open(format!("/proc/{pid}/pagemap"))
         .with_context(|| format!("pid {pid}: cannot open pagemap"))?;
     let mut runs: Vec<PageRun> = Vec::new();
+    let mut scanned = Vec::with_capacity(vmas.len());
+    for vma in vmas.iter() {
+        if !dumps_pages(vma.kind()) {
+            scanned.push(0);
+            continue;
+        }
+        let before = runs.len();
+        match scan_vma(&pagemap, vma, &mut runs) {
+            Ok(()) => scanned.push(runs.len() - before),
+            Err(err) if matches!(err.raw_os_error(), Some(libc::ENOTTY | libc::EINVAL)) => {
+                // No PAGEMAP_SCAN on this kernel: read pagemap entries.
+                return collect_runs_from_entries(&pagemap, pid, vmas);
+            }
+            Err(err) => return Err(err).with_context(|| format!("pid {pid}: PAGEMAP_SCAN")),
+        }
+    }
+    for (vma, count) in vmas.iter_mut().zip(scanned) {
+        vma.has_pages = count > 0;
+    }
+    Ok(runs)
+}
+
+fn dumps_pages(kind: VmaKind) -> bool {
+    matches!(
+        kind,
+        VmaKind::AnonPrivate
+            | VmaKind::Heap
+            | VmaKind::Stack
+            | VmaKind::AnonShared
+            | VmaKind::FilePrivate
+    )
+}
+
+/// The same as [`collect_runs`] from raw pagemap entries, for kernels before 6.7.
+fn collect_runs_from_entries(pagemap: &File, pid: i32, vmas: &mut [Vma]) -> Result<Vec<PageRun>> {
+    let mut runs: Vec<PageRun> = Vec::new();
     let mut buf = vec![0u8; (PAGEMAP_CHUNK * 8) as usize];
     for vma in vmas.iter_mut() {
         let kind = vma.kind();
-        if !matches!(
-            kind,
-            VmaKind::AnonPrivate
-                | VmaKind::Heap
-                | VmaKind::Stack
-                | VmaKind::AnonShared
-                | VmaKind::FilePrivate
-        ) {
+        if !dumps_pages(kind) {
+            vma.has_pages = false;
             continue;
         }
         let first_run = runs.len();

@@ -80,14 +80,46 @@ pub fn pagemap_scan(
     report: u64,
     max_regions: usize,
 ) -> io::Result<PageScan> {
+    pagemap_scan_filtered(
+        pagemap,
+        start..end,
+        PageFilter {
+            required,
+            inverted: 0,
+            any_of: 0,
+        },
+        report,
+        max_regions,
+    )
+}
+
+/// Which pages PAGEMAP_SCAN reports: those with every category of `required` (categories in
+/// `inverted` count when absent) and, unless `any_of` is 0, at least one of `any_of`.
+#[derive(Debug, Clone, Copy)]
+pub struct PageFilter {
+    pub required: u64,
+    pub inverted: u64,
+    pub any_of: u64,
+}
+
+/// PAGEMAP_SCAN with a full filter; see [`pagemap_scan`].
+pub fn pagemap_scan_filtered(
+    pagemap: &File,
+    range: std::ops::Range<u64>,
+    filter: PageFilter,
+    report: u64,
+    max_regions: usize,
+) -> io::Result<PageScan> {
     let mut regions = vec![PageRegion::default(); max_regions];
     let mut arg = PmScanArg {
         size: size_of::<PmScanArg>() as u64,
-        start,
-        end,
+        start: range.start,
+        end: range.end,
         vec: regions.as_mut_ptr() as u64,
         vec_len: regions.len() as u64,
-        category_mask: required,
+        category_mask: filter.required,
+        category_inverted: filter.inverted,
+        category_anyof_mask: filter.any_of,
         return_mask: report,
         ..Default::default()
     };
