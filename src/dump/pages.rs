@@ -87,7 +87,8 @@ fn scan_vma(pagemap: &File, vma: &Vma, runs: &mut Vec<PageRun>) -> std::io::Resu
     let first_run = runs.len();
     let mut at = vma.start;
     while at < vma.end {
-        let scan = pagemap_scan_filtered(pagemap, at..vma.end, filter, filter.any_of, SCAN_REGIONS)?;
+        let scan =
+            pagemap_scan_filtered(pagemap, at..vma.end, filter, filter.any_of, SCAN_REGIONS)?;
         for region in &scan.regions {
             push_range(runs, first_run, region.start, region.end);
         }
