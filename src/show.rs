@@ -700,6 +700,7 @@ mod tests {
                         pgid: PID,
                         sid: 1,
                         threads: vec![PID],
+                        ..Default::default()
                     }],
                 },
             )

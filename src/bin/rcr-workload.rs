@@ -1,15 +1,23 @@
 //! rcr-workload: the test program rcr's integration tests dump and restore.
 //!
-//! Usage: `rcr-workload SCENARIO DIR`
+//! Usage: `rcr-workload SCENARIO DIR [N]`
 //!
 //! The workload sets up the scenario's state, reads /proc/self/maps, writes DIR/ready
 //! (atomically, containing its pid), waits until DIR/go exists, then verifies its state and
 //! prints exactly `PASS` or `FAIL: <reason>` on stdout, exiting 0 or 1. Between ready and the
 //! verification it allocates nothing and maps nothing, so the maps can be compared. Every
-//! scenario also checks its pid and that its set of open fds did not change. It is
-//! single-threaded and does not use the rcr library.
+//! scenario also checks its pid and that its set of open fds did not change. It does not use
+//! the rcr library.
 //!
-//! Scenarios: memory sparse prot filemap brk tls vector nanosleep futex stdio counter all.
+//! Single-process, single-threaded scenarios: memory sparse prot filemap brk tls vector
+//! nanosleep futex stdio counter all.
+//!
+//! Scenarios with more processes or threads (see procs.rs and threads.rs for their protocol;
+//! only the root process writes ready and prints PASS/FAIL, after every process or thread
+//! checked itself; their maps comparison tolerates VMA merging, see maps.rs): `tree`,
+//! `shared`, `manyprocs N` (N processes in all), `threads`, `manythreads N` (N threads
+//! besides the main one). RCR_WORKLOAD_TIMEOUT_SECS (default 60) bounds how long a root
+//! waits after go for its children's results or its threads.
 //!
 //! At start the workload closes every fd above 2 it inherited, and calls setsid() so it is the leader of its own session and process
 //! group (set RCR_WORKLOAD_NO_SETSID=1 to keep the caller's session, e.g. for a shell job).
@@ -18,10 +26,16 @@
 // own directory, and files directly in src/bin/ would become binaries).
 #[path = "rcr-workload/blocking.rs"]
 mod blocking;
+#[path = "rcr-workload/maps.rs"]
+mod maps;
 #[path = "rcr-workload/parts.rs"]
 mod parts;
+#[path = "rcr-workload/procs.rs"]
+mod procs;
 #[path = "rcr-workload/sys.rs"]
 mod sys;
+#[path = "rcr-workload/threads.rs"]
+mod threads;
 #[path = "rcr-workload/vector.rs"]
 mod vector;
 
@@ -258,6 +272,20 @@ fn compare_fds(before: &[i32], after: &[i32], chk: &mut Check) {
     }
 }
 
+/// The scenarios with more than one process or thread (they never return).
+type MultiRun = fn(&Ctx, &mut procs::MapsBufs, usize) -> !;
+
+fn multi_scenario(name: &str) -> Option<MultiRun> {
+    Some(match name {
+        "tree" => |ctx, bufs, _| procs::tree(ctx, bufs),
+        "shared" => |ctx, bufs, _| procs::shared(ctx, bufs),
+        "manyprocs" => procs::manyprocs,
+        "threads" => |ctx, bufs, _| threads::threads(ctx, bufs),
+        "manythreads" => threads::manythreads,
+        _ => return None,
+    })
+}
+
 fn die(what: fmt::Arguments<'_>) -> ! {
     let mut m = Msg::new();
     let _ = writeln!(m, "FAIL: {what}");
@@ -267,8 +295,13 @@ fn die(what: fmt::Arguments<'_>) -> ! {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if args.len() != 3 {
-        eprintln!("usage: rcr-workload SCENARIO DIR");
+    let count: Option<usize> = args.get(3).and_then(|n| n.parse().ok());
+    let takes_count = matches!(
+        args.get(1).map(String::as_str),
+        Some("manyprocs" | "manythreads")
+    );
+    if args.len() != 3 + takes_count as usize || (takes_count && count.is_none()) {
+        eprintln!("usage: rcr-workload SCENARIO DIR, or rcr-workload manyprocs|manythreads DIR N");
         std::process::exit(2);
     }
     if std::env::var_os("RCR_WORKLOAD_NO_SETSID").is_none() {
@@ -283,6 +316,11 @@ fn main() {
     let ctx = Ctx::new(Path::new(&args[2]));
     if scenario == "counter" {
         blocking::counter(&ctx);
+    }
+    if let Some(run) = multi_scenario(scenario) {
+        let mut bufs = procs::MapsBufs::new();
+        touch_stack();
+        run(&ctx, &mut bufs, count.unwrap_or(0));
     }
 
     // Everything the verification needs is allocated before the setup (brk comes last).

@@ -214,11 +214,38 @@ fn seize_into(frozen: &mut Frozen, root: i32, root_stat: Stat) -> Result<()> {
         if process.threads.is_empty() {
             bail!("pid {pid}: exited while being seized");
         }
+        if process.was_stopped {
+            end_group_stop(process)?;
+        }
         // With every thread frozen, its children can no longer change.
         for child in children(pid) {
             let child = child as i32;
             if seen.insert(child) {
                 queue.push_back((child, None));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A seized process in a group stop re-enters the stop whenever it is resumed, so the
+/// parasite could never run in it. SIGCONT ends the group stop; each thread then reports one
+/// more PTRACE_EVENT_STOP (the group-stop-end notification) and is an ordinary frozen thread.
+/// The process is stopped again with SIGSTOP when rcr lets it go (or restores it).
+fn end_group_stop(process: &FrozenProcess) -> Result<()> {
+    kill(pt::pid(process.pid), Signal::SIGCONT)
+        .with_context(|| format!("pid {}: cannot end its group stop", process.pid))?;
+    for thread in &process.threads {
+        nix::sys::ptrace::cont(pt::pid(thread.tid), None)?;
+        loop {
+            match pt::wait_stop(thread.tid)? {
+                pt::Stop::Event(_) => break,
+                // A SIGCONT handler would run now, not in the original: not delivered.
+                pt::Stop::Signal(Signal::SIGCONT) => {
+                    nix::sys::ptrace::cont(pt::pid(thread.tid), None)?
+                }
+                pt::Stop::Signal(sig) => nix::sys::ptrace::cont(pt::pid(thread.tid), Some(sig))?,
+                pt::Stop::Syscall => nix::sys::ptrace::cont(pt::pid(thread.tid), None)?,
             }
         }
     }

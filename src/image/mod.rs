@@ -243,6 +243,7 @@ mod tests {
                 pgid: 42,
                 sid: 42,
                 threads: vec![42],
+                ..Default::default()
             }],
         };
         encode_image(Kind::PsTree, &tree)

@@ -79,10 +79,15 @@ pub fn seize(tid: i32) -> Result<Seized> {
     }
 }
 
-/// Resumes the task and detaches; `stop` leaves it in a group stop instead.
+/// Resumes the task and detaches; `stop` (for a process' leader) leaves the whole process in
+/// a group stop instead. The SIGSTOP is queued before detaching rather than passed to
+/// PTRACE_DETACH, which delivers it only from a signal-delivery or syscall stop.
 pub fn detach(tid: i32, stop: bool) -> Result<()> {
-    let sig = stop.then_some(Signal::SIGSTOP);
-    ptrace::detach(pid(tid), sig).with_context(|| format!("cannot detach from pid {tid}"))
+    if stop {
+        nix::sys::signal::kill(pid(tid), Signal::SIGSTOP)
+            .with_context(|| format!("cannot stop pid {tid}"))?;
+    }
+    ptrace::detach(pid(tid), None).with_context(|| format!("cannot detach from pid {tid}"))
 }
 
 pub fn get_regs(tid: i32) -> Result<Regs> {

@@ -80,7 +80,7 @@ pub fn create_in_new_namespace(plans: &[ChildPlan], init_report: &OwnedFd) -> Re
 fn run_init(plans: &[ChildPlan], report_fd: i32) -> i32 {
     let root = &plans[0];
     let root_pid = root.entry.pid;
-    if let Err(err) = child::set_pdeathsig(libc::SIGKILL) {
+    if let Err(err) = child::set_pdeathsig(libc::SIGKILL).and_then(|()| mount_own_proc()) {
         report(report_fd, err.raw_os_error().unwrap_or(libc::EIO) as u8, 1);
         return 1;
     }
@@ -125,6 +125,27 @@ fn run_init(plans: &[ChildPlan], report_fd: i32) -> i32 {
             Err(_) => return 0,
         }
     }
+}
+
+/// Gives the new namespace a /proc that shows its own pids (the processes read
+/// /proc/self, /proc/PID... with the pids they know), without touching the host's mounts.
+fn mount_own_proc() -> std::io::Result<()> {
+    use nix::mount::{MsFlags, mount};
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )?;
+    mount(
+        Some("proc"),
+        "/proc",
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )?;
+    Ok(())
 }
 
 fn check_pids_free(plans: &[ChildPlan]) -> Result<()> {

@@ -31,9 +31,10 @@ pub fn clone_with_pid(pid: i32, child: impl FnOnce() -> i32) -> io::Result<i32> 
     clone_with(0, Some(pid), child)
 }
 
-/// Forks a child that is pid 1 of a new PID namespace; otherwise like [`clone_with_pid`].
+/// Forks a child that is pid 1 of a new PID namespace, in a new mount namespace (so that it
+/// can mount a /proc of its own); otherwise like [`clone_with_pid`].
 pub fn clone_into_new_pid_namespace(child: impl FnOnce() -> i32) -> io::Result<i32> {
-    clone_with(libc::CLONE_NEWPID as u64, None, child)
+    clone_with((libc::CLONE_NEWPID | libc::CLONE_NEWNS) as u64, None, child)
 }
 
 fn clone_with(flags: u64, pid: Option<i32>, child: impl FnOnce() -> i32) -> io::Result<i32> {

@@ -12,6 +12,12 @@
 //! Environment: RCR_TEST_TIMEOUT_SECS (default 120) is the deadline of each rcr run and of
 //! each wait for a workload to finish; the wait for a workload's ready file is 30 s. The
 //! deadlines only turn a hang into a failure: no test depends on timing to pass.
+//!
+//! Process trees: when a workload is ready, the harness records its whole tree (every
+//! process and thread, from /proc/PID/task/*/children) in `Workload::tree`. Cleanup kills
+//! (after the cmdline check) every recorded pid, the descendants of every child still
+//! alive, and any orphan that came to this (subreaper) process whose cmdline names this
+//! test's directory, and reaps them all.
 
 // Each test binary uses only some of the helpers.
 #![allow(dead_code)]
@@ -142,6 +148,84 @@ impl Run {
     }
 }
 
+/// One process of a workload's tree as /proc shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcInfo {
+    pub pid: i32,
+    pub ppid: i32,
+    pub pgrp: i32,
+    pub sid: i32,
+    /// 'S' for running or sleeping (R, S, D, I), else the state letter: 'T' stopped,
+    /// 't' traced, 'Z' zombie.
+    pub state: char,
+    /// Its threads, sorted.
+    pub tids: Vec<i32>,
+}
+
+/// /proc/PID/stat and /proc/PID/task of one process, or None if it is gone.
+pub fn proc_info(pid: i32) -> Option<ProcInfo> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+    let state = match rest.first()?.chars().next()? {
+        'R' | 'S' | 'D' | 'I' => 'S',
+        c => c,
+    };
+    let num = |i: usize| rest.get(i).and_then(|v| v.parse::<i32>().ok());
+    let mut tids: Vec<i32> = fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    tids.sort_unstable();
+    Some(ProcInfo {
+        pid,
+        ppid: num(1)?,
+        pgrp: num(2)?,
+        sid: num(3)?,
+        state,
+        tids,
+    })
+}
+
+/// The children of `pid` (of all its threads), sorted.
+pub fn children_of(pid: i32) -> Vec<i32> {
+    let mut kids = Vec::new();
+    if let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            if let Ok(s) = fs::read_to_string(t.path().join("children")) {
+                kids.extend(s.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+            }
+        }
+    }
+    kids.sort_unstable();
+    kids.dedup();
+    kids
+}
+
+/// `root` and all its descendants, parents before children.
+pub fn descendants(root: i32) -> Vec<i32> {
+    let mut all = vec![root];
+    let mut i = 0;
+    while i < all.len() {
+        let kids = children_of(all[i]);
+        all.extend(
+            kids.into_iter()
+                .filter(|k| !all.contains(k))
+                .collect::<Vec<_>>(),
+        );
+        i += 1;
+    }
+    all
+}
+
+/// The tree under `root` as /proc shows it now (parents before children).
+pub fn tree_shape(root: i32) -> Vec<ProcInfo> {
+    descendants(root)
+        .into_iter()
+        .filter_map(proc_info)
+        .collect()
+}
+
 /// A workload started by the harness.
 #[derive(Debug, Clone)]
 pub struct Workload {
@@ -149,9 +233,34 @@ pub struct Workload {
     pub pid: i32,
     /// The workload's DIR: ready, go, stdout, stderr and its own files.
     pub dir: PathBuf,
+    /// Its process tree when it wrote ready: the root first, parents before children.
+    pub tree: Vec<ProcInfo>,
 }
 
 impl Workload {
+    /// Every process of the tree (as recorded at ready), the root first.
+    pub fn pids(&self) -> Vec<i32> {
+        self.tree.iter().map(|p| p.pid).collect()
+    }
+
+    /// Every thread of every process of the tree.
+    pub fn tids(&self) -> Vec<i32> {
+        self.tree
+            .iter()
+            .flat_map(|p| p.tids.iter().copied())
+            .collect()
+    }
+
+    /// The pid a child of a multi-process scenario wrote to DIR/armed-ROLE (e.g. "A1").
+    pub fn role_pid(&self, role: &str) -> i32 {
+        let path = self.dir.join(format!("armed-{role}"));
+        fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
     pub fn stdout(&self) -> String {
         fs::read_to_string(self.dir.join("stdout")).unwrap_or_default()
     }
@@ -168,6 +277,11 @@ impl Workload {
     /// The name of one of this workload's image files in an image directory.
     pub fn image(&self, img: &Path, kind: &str) -> PathBuf {
         img.join(format!("{kind}-{}.img", self.pid))
+    }
+
+    /// The name of the image file of kind `kind` of process `pid` of the tree.
+    pub fn image_of(img: &Path, kind: &str, pid: i32) -> PathBuf {
+        img.join(format!("{kind}-{pid}.img"))
     }
 
     /// The syscall a blocking scenario waits in (before a dump, the harness waits until the
@@ -202,6 +316,9 @@ pub struct Harness {
     children: Vec<Child>,
     /// Pids a restore may have created (they are not our std Child handles).
     restored: Vec<i32>,
+    /// Every process of every workload tree this test started (killed and reaped in cleanup
+    /// if they still name rcr-workload).
+    tracked: Vec<i32>,
     _serial: MutexGuard<'static, ()>,
 }
 
@@ -222,6 +339,7 @@ impl Harness {
             dir,
             children: Vec::new(),
             restored: Vec::new(),
+            tracked: Vec::new(),
             _serial: serial,
         }
     }
@@ -234,6 +352,12 @@ impl Harness {
     /// Starts `rcr-workload SCENARIO DIR` (stdin /dev/null, stdout and stderr to DIR/stdout
     /// and DIR/stderr) and waits for its ready file.
     pub fn spawn(&mut self, scenario: &str) -> Workload {
+        self.spawn_args(scenario, &[])
+    }
+
+    /// Starts `rcr-workload SCENARIO DIR ARGS...` (e.g. `manyprocs DIR 200`), waits for its
+    /// ready file and records its process tree.
+    pub fn spawn_args(&mut self, scenario: &str, args: &[&str]) -> Workload {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let dir = self.dir.join(format!("wl-{scenario}-{n}"));
         fs::create_dir_all(&dir).expect("create workload directory");
@@ -242,6 +366,7 @@ impl Harness {
         let child = Command::new(WORKLOAD)
             .arg(scenario)
             .arg(&dir)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
@@ -249,12 +374,19 @@ impl Harness {
             .expect("spawn rcr-workload");
         let pid = child.id() as i32;
         self.children.push(child);
-        let w = Workload {
+        let mut w = Workload {
             scenario: scenario.to_string(),
             pid,
             dir,
+            tree: Vec::new(),
         };
         self.wait_ready(&w);
+        w.tree = tree_shape(pid);
+        for p in w.pids() {
+            if !self.tracked.contains(&p) {
+                self.tracked.push(p);
+            }
+        }
         w
     }
 
@@ -548,7 +680,210 @@ impl Harness {
             .collect()
     }
 
+    /// After a dump that killed a whole tree: reaps every process of it (the root is our
+    /// child, or was reparented to us after a restore --detach; the others come to us as
+    /// orphans), checks each was killed by a signal (a process that was a zombie at ready
+    /// may have any status), and waits until none of its pids and tids is in /proc, so the
+    /// restore finds them free. Deadline 10 s.
+    pub fn reap_dumped_tree(&mut self, w: &Workload) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut ended: Vec<(i32, Ended)> = Vec::new();
+        if let Some(idx) = self.child_index(w.pid) {
+            loop {
+                if let Some(st) = self.children[idx].try_wait().expect("try_wait") {
+                    self.children.remove(idx);
+                    ended.push((w.pid, Ended::from(st)));
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "workload root {} still alive 10 s after a dump without --leave-running \
+                     (state {:?})",
+                    w.pid,
+                    proc_state(w.pid)
+                );
+                std::thread::sleep(POLL);
+            }
+        }
+        let mut left: Vec<i32> = w
+            .pids()
+            .into_iter()
+            .filter(|p| !ended.iter().any(|(q, _)| q == p))
+            .collect();
+        while !left.is_empty() {
+            left.retain(|&pid| {
+                match waitpid(
+                    Pid::from_raw(pid),
+                    Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL),
+                ) {
+                    Ok(WaitStatus::Exited(_, code)) => {
+                        ended.push((pid, Ended::Code(code)));
+                        false
+                    }
+                    Ok(WaitStatus::Signaled(_, sig, _)) => {
+                        ended.push((pid, Ended::Signal(sig as i32)));
+                        false
+                    }
+                    // Not (yet) our child (its parent is still exiting), or gone already
+                    // (reaped by its own parent before that died).
+                    Err(Errno::ECHILD) => pid_exists(pid),
+                    _ => true,
+                }
+            });
+            if left.is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "processes of the dumped tree still there 10 s after the dump: {:?}",
+                left.iter().map(|&p| (p, proc_info(p))).collect::<Vec<_>>()
+            );
+            std::thread::sleep(POLL);
+        }
+        for (pid, how) in &ended {
+            let was_zombie = w.tree.iter().any(|p| p.pid == *pid && p.state == 'Z');
+            assert!(
+                was_zombie || matches!(how, Ended::Signal(_)),
+                "process {pid} of the dumped tree should have been killed, it ended with \
+                 {how:?}\n--- root stdout ---\n{}",
+                w.stdout()
+            );
+        }
+        let tids = w.tids();
+        loop {
+            let present: Vec<i32> = tids.iter().copied().filter(|&t| pid_exists(t)).collect();
+            if present.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pids/tids of the dumped tree still in /proc 10 s after the dump: {present:?}"
+            );
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// Waits (deadline 5 s) until the tree under the workload's root looks as it did at
+    /// ready (same pids, parents, groups, sessions, threads, and states: running or
+    /// sleeping, stopped, zombie), and fails naming the differences otherwise.
+    pub fn assert_tree_as_at_ready(&self, w: &Workload) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let now = tree_shape(w.pid);
+            if now == w.tree {
+                return;
+            }
+            if Instant::now() > deadline {
+                let mut diff = String::new();
+                for p in &w.tree {
+                    match now.iter().find(|q| q.pid == p.pid) {
+                        Some(q) if q == p => {}
+                        Some(q) => diff += &format!("\n  was {p:?}\n  now {q:?}"),
+                        None => diff += &format!("\n  was {p:?}\n  now missing"),
+                    }
+                }
+                for q in now
+                    .iter()
+                    .filter(|q| !w.tree.iter().any(|p| p.pid == q.pid))
+                {
+                    diff += &format!("\n  new {q:?}");
+                }
+                panic!(
+                    "the tree of workload {} (root {}) differs from the one at ready:{diff}",
+                    w.scenario, w.pid
+                );
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// Starts a helper command in the background (stdin /dev/null, stdout and stderr to
+    /// files in the test directory); it is killed in cleanup if still running. Err if the
+    /// program cannot be started (e.g. not installed).
+    pub fn spawn_helper(&mut self, program: &str, args: &[&str]) -> std::io::Result<i32> {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let base = Path::new(program)
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(self.dir.join(format!("{base}-{n}.out")))?)
+            .stderr(fs::File::create(self.dir.join(format!("{base}-{n}.err")))?)
+            .spawn()?;
+        let pid = child.id() as i32;
+        self.children.push(child);
+        Ok(pid)
+    }
+
+    /// Sends `sig` to a helper started by spawn_helper (still our unreaped child).
+    pub fn signal_helper(&mut self, pid: i32, sig: Signal) {
+        let idx = self.child_index(pid).expect("the helper is our child");
+        if let Ok(None) = self.children[idx].try_wait() {
+            let _ = kill(Pid::from_raw(pid), sig);
+        }
+    }
+
+    /// Waits up to `timeout` for a helper to end and reaps it; None if it still runs.
+    pub fn wait_helper(&mut self, pid: i32, timeout: Duration) -> Option<Ended> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let idx = self.child_index(pid)?;
+            if let Some(st) = self.children[idx].try_wait().expect("try_wait") {
+                self.children.remove(idx);
+                return Some(Ended::from(st));
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// Whether `pid` is a workload process of this test: its cmdline names rcr-workload and
+    /// this test's directory, or (a zombie, whose cmdline is empty) its comm is rcr-workload.
+    fn names_our_workload(&self, pid: i32) -> bool {
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if cmdline.is_empty() {
+            return is_zombie(pid) && names_workload(pid);
+        }
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        cmdline.contains("rcr-workload") && cmdline.contains(&*self.dir.to_string_lossy())
+    }
+
+    /// Orphans that came to us whose cmdline names this test's directory (workload
+    /// processes, rcr's helpers).
+    fn our_orphans(&self) -> Vec<i32> {
+        let needle = self.dir.to_string_lossy().into_owned();
+        own_children()
+            .into_iter()
+            .filter(|&pid| self.child_index(pid).is_none())
+            .filter(|&pid| {
+                fs::read(format!("/proc/{pid}/cmdline"))
+                    .map(|c| String::from_utf8_lossy(&c).contains(&needle))
+                    .unwrap_or(false)
+            })
+            .collect()
+    }
+
     fn cleanup(&mut self) {
+        // Every process of the workload trees, and whatever lives below our children now.
+        let mut doomed: Vec<i32> = self.tracked.clone();
+        for c in &mut self.children {
+            if let Ok(None) = c.try_wait() {
+                for p in descendants(c.id() as i32).into_iter().skip(1) {
+                    if !doomed.contains(&p) {
+                        doomed.push(p);
+                    }
+                }
+            }
+        }
+        for &pid in &doomed {
+            if self.names_our_workload(pid) && self.child_index(pid).is_none() {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
         // Restored tasks first (only if the pid still names our workload), then our children.
         for &pid in &self.restored {
             if names_workload(pid) && self.child_index(pid).is_none() {
@@ -565,6 +900,14 @@ impl Harness {
         for &pid in &self.restored {
             reap_foreign(pid);
         }
+        doomed.retain(|p| !self.restored.contains(p));
+        reap_all(&doomed);
+        // Orphans of ours that no list knew (e.g. children of a restored process).
+        let orphans = self.our_orphans();
+        for &pid in &orphans {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        reap_all(&orphans);
     }
 }
 
@@ -580,6 +923,42 @@ impl Drop for Harness {
         } else {
             let _ = fs::remove_dir_all(&self.dir);
         }
+    }
+}
+
+/// Reaps the processes of `pids` that are (or become, within 10 s in all) our children,
+/// killing those that still name rcr-workload (callers pass only pids of this test); gives up on the ones that are gone or are no
+/// workload of ours.
+fn reap_all(pids: &[i32]) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut left = pids.to_vec();
+    while !left.is_empty() {
+        left.retain(|&pid| {
+            match waitpid(
+                Pid::from_raw(pid),
+                Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL),
+            ) {
+                Ok(WaitStatus::StillAlive) => {
+                    if names_workload(pid) {
+                        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                    }
+                    true
+                }
+                Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) => false,
+                Ok(_) => true,
+                // Not our child: keep waiting only while it is a workload (or a zombie)
+                // that may still be reparented to us.
+                Err(_) => pid_exists(pid) && names_workload(pid),
+            }
+        });
+        if left.is_empty() {
+            return;
+        }
+        if Instant::now() > deadline {
+            eprintln!("warning: could not reap pids {left:?}");
+            return;
+        }
+        std::thread::sleep(POLL);
     }
 }
 

@@ -28,8 +28,12 @@ pub struct Memory {
 
 impl Memory {
     pub fn new(size: usize) -> Result<Memory, String> {
+        Self::with_seed(size, 0x9e37_79b9_7f4a_7c15)
+    }
+
+    /// A mapping of `size` bytes filled from `seed` (distinct seeds give distinct contents).
+    pub fn with_seed(size: usize, seed: u64) -> Result<Memory, String> {
         let mut map = Mapping::anon(size, libc::PROT_READ | libc::PROT_WRITE, 0)?;
-        let seed = 0x9e37_79b9_7f4a_7c15;
         let mut rng = XorShift(seed);
         for w in map.words_mut() {
             *w = rng.next();
