@@ -25,6 +25,19 @@ impl Stat {
         })
     }
 
+    /// /proc/PID/task/TID/stat: the per-thread values (nice, policy...).
+    pub fn read_task(pid: i32, tid: i32) -> Result<Stat> {
+        let text = fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat"))
+            .with_context(|| format!("tid {tid} does not exist"))?;
+        let after_comm = text
+            .rfind(')')
+            .map(|i| &text[i + 1..])
+            .with_context(|| format!("tid {tid}: unreadable stat"))?;
+        Ok(Stat {
+            fields: after_comm.split_whitespace().map(str::to_owned).collect(),
+        })
+    }
+
     /// Field number `n` as man proc(5) counts them (1 = pid, 3 = state...).
     pub fn field(&self, n: usize) -> u64 {
         self.fields

@@ -2,11 +2,17 @@
 //! inside, write the images, then kill it or let it go. Any failure after the freeze puts the
 //! task back exactly as it was and lets it run on.
 
+pub mod cgroups;
+pub mod creds;
 pub mod files;
 pub mod inventory;
 pub mod mm;
+pub mod limits;
 pub mod pages;
+pub mod seccomp;
+pub mod signals;
 pub mod task;
+pub mod timers;
 pub mod tree;
 
 use std::path::PathBuf;
@@ -113,6 +119,11 @@ fn dump_process(process: &tree::FrozenProcess, images: &ImageDir) -> Result<u64>
         .map(|t| task::collect_thread(t.tid, &t.regs, t.sigmask.unwrap_or(0)))
         .collect::<Result<Vec<_>>>()?;
     let mut core = task::collect_process(pid, &process.stat, threads)?;
+    let tids: Vec<i32> = process.threads.iter().map(|t| t.tid).collect();
+    core.signals = Some(signals::collect(pid, &tids)?);
+    core.creds = Some(creds::collect(pid)?);
+    core.seccomp = Some(seccomp::collect(pid)?);
+    core.cgroups = Some(cgroups::collect(pid)?);
     let mut mm = mm::collect(pid, &process.stat)?;
     let fds = files::collect(pid)?;
     let runs = pages::collect_runs(pid, &mut mm.vmas)?;
@@ -157,6 +168,9 @@ fn collect_with_parasite(
 ) -> Result<u64> {
     fault_point("after-infect")?;
     mm.brk = task::collect_in_task(parasite, core)?;
+    core.timers = Some(timers::collect(parasite, core.pid as i32)?);
+    let tids: Vec<i32> = process.threads.iter().map(|t| t.tid).collect();
+    core.limits = Some(limits::collect(parasite, core.pid as i32, &tids)?);
     mm.thp_disabled = core.thp_disable != 0;
     for (thread, frozen) in core.threads.iter_mut().zip(&process.threads) {
         task::collect_thread_in_task(parasite, &frozen.regs, thread)?;

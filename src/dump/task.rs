@@ -151,11 +151,13 @@ pub fn collect_process(
         sid: stat.field(6) as u32,
         xcomp_perm: 0,
         thp_disable: 0,
+        ..Default::default()
     })
 }
 
 const KERNEL_SIGACTION_SIZE: usize = 32;
 const PR_GET_TID_ADDRESS: u64 = 40;
+const PR_GET_SECUREBITS: u64 = 27;
 const PR_GET_THP_DISABLE: u64 = 42;
 const ARCH_GET_XCOMP_PERM: u64 = 0x1022;
 
@@ -182,6 +184,16 @@ pub fn collect_in_task(parasite: &mut Parasite, core: &mut TaskCore) -> Result<u
     let thp_index = batch.syscall(libc::SYS_prctl, &[PR_GET_THP_DISABLE, 0, 0, 0, 0]);
     let xcomp = batch.reserve(8);
     let xcomp_index = batch.syscall_may_fail(libc::SYS_arch_prctl, &[ARCH_GET_XCOMP_PERM, xcomp]);
+    let securebits_index = batch.syscall(libc::SYS_prctl, &[PR_GET_SECUREBITS, 0, 0, 0, 0]);
+    let dumpable_index = batch.syscall(
+        libc::SYS_prctl,
+        &[libc::PR_GET_DUMPABLE as u64, 0, 0, 0, 0],
+    );
+    let subreaper = batch.reserve(8);
+    batch.syscall(
+        libc::SYS_prctl,
+        &[libc::PR_GET_CHILD_SUBREAPER as u64, subreaper, 0, 0, 0],
+    );
     let result = parasite.run(&batch)?;
     if let Some((index, errno)) = result.failure() {
         anyhow::bail!(
@@ -206,6 +218,11 @@ pub fn collect_in_task(parasite: &mut Parasite, core: &mut TaskCore) -> Result<u
         })
         .collect();
     core.pdeathsig = parasite.read_u64(pdeathsig)? as i32;
+    if let Some(creds) = core.creds.as_mut() {
+        creds.securebits = result.results[securebits_index] as u32;
+    }
+    core.dumpable = result.results[dumpable_index] != 0;
+    core.child_subreaper = parasite.read_u64(subreaper)? as u32 != 0;
     core.thp_disable = result.results[thp_index] as i32;
     if pt::syscall_error(result.results[xcomp_index]).is_none() {
         core.xcomp_perm = parasite.read_u64(xcomp)?;

@@ -25,8 +25,9 @@ pub mod proto {
 
 pub const MAGIC: &[u8; 4] = b"RCRI";
 pub const FORMAT_MAJOR: u16 = 1;
-/// 1.1: fds-PID.img Fd.dup_of.
-pub const FORMAT_MINOR: u16 = 1;
+/// 1.1: fds-PID.img Fd.dup_of. 1.2: core-PID.img signals, timers, creds, seccomp, limits,
+/// cgroups, dumpable, child_subreaper.
+pub const FORMAT_MINOR: u16 = 2;
 const HEADER_LEN: usize = 20;
 const TRAILER_LEN: usize = 4;
 

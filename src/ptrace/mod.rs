@@ -13,6 +13,9 @@ use nix::unistd::Pid;
 pub use crate::sys::ptrace::Regs;
 
 const PTRACE_EVENT_STOP: i32 = 128;
+/// PTRACE_O_SUSPEND_SECCOMP (nix does not name it): the tracee's seccomp filters do not apply
+/// while it is traced with it, so they cannot block the parasite.
+pub const SUSPEND_SECCOMP: ptrace::Options = ptrace::Options::from_bits_retain(1 << 21);
 
 /// What a tracee reported to waitpid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -103,3 +103,80 @@ pub fn get_rseq_config(tid: i32) -> io::Result<Option<RseqConfig>> {
     })?;
     Ok((config.rseq_abi_pointer != 0).then_some(config))
 }
+
+const PTRACE_PEEKSIGINFO: libc::c_uint = 0x4209;
+const PTRACE_PEEKSIGINFO_SHARED: u32 = 1;
+const PTRACE_SECCOMP_GET_FILTER: libc::c_uint = 0x420c;
+pub const SIGINFO_SIZE: usize = 128;
+
+#[repr(C)]
+struct PeekSiginfoArgs {
+    off: u64,
+    flags: u32,
+    nr: i32,
+}
+
+/// The signals queued for thread `tid` (or, with `shared`, for its whole process), in order,
+/// each as the kernel's 128-byte siginfo. The queue is left as it is.
+pub fn peek_siginfo(tid: i32, shared: bool) -> io::Result<Vec<[u8; SIGINFO_SIZE]>> {
+    const BATCH: usize = 32;
+    let mut all = Vec::new();
+    loop {
+        let mut buf = [[0u8; SIGINFO_SIZE]; BATCH];
+        let mut args = PeekSiginfoArgs {
+            off: all.len() as u64,
+            flags: if shared { PTRACE_PEEKSIGINFO_SHARED } else { 0 },
+            nr: BATCH as i32,
+        };
+        // SAFETY: the kernel reads `args` and writes at most `nr` siginfos into `buf`.
+        let n = check(unsafe {
+            libc::ptrace(
+                PTRACE_PEEKSIGINFO,
+                tid,
+                &mut args as *mut PeekSiginfoArgs,
+                buf.as_mut_ptr(),
+            )
+        })? as usize;
+        all.extend_from_slice(&buf[..n]);
+        if n < BATCH {
+            return Ok(all);
+        }
+    }
+}
+
+/// The classic BPF program of seccomp filter number `index` (0 = the oldest) of `tid`, as
+/// raw `struct sock_filter` bytes; None past the last filter.
+pub fn seccomp_filter(tid: i32, index: usize) -> io::Result<Option<Vec<u8>>> {
+    // SAFETY: with a null buffer the kernel only returns the instruction count.
+    let count = match check(unsafe {
+        libc::ptrace(
+            PTRACE_SECCOMP_GET_FILTER,
+            tid,
+            index as *mut libc::c_void,
+            std::ptr::null_mut::<libc::c_void>(),
+        )
+    }) {
+        Ok(count) => count as usize,
+        Err(err) if err.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+        Err(err) => return Err(err),
+    };
+    let mut program = vec![0u8; count * 8];
+    // SAFETY: the kernel writes `count` 8-byte instructions into `program`.
+    check(unsafe {
+        libc::ptrace(
+            PTRACE_SECCOMP_GET_FILTER,
+            tid,
+            index as *mut libc::c_void,
+            program.as_mut_ptr(),
+        )
+    })?;
+    Ok(Some(program))
+}
+
+const IOPRIO_WHO_PROCESS: i32 = 1;
+
+/// The I/O priority of thread `tid` (ioprio_get).
+pub fn ioprio(tid: i32) -> io::Result<i32> {
+    // SAFETY: integer arguments only.
+    Ok(check(unsafe { libc::syscall(libc::SYS_ioprio_get, IOPRIO_WHO_PROCESS, tid) })? as i32)
+}
