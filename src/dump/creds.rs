@@ -8,7 +8,10 @@ use anyhow::{Context, Result};
 use crate::image::proto::Creds;
 
 fn field<'a>(status: &'a str, name: &str) -> Option<&'a str> {
-    status.lines().find_map(|l| l.strip_prefix(name)).map(str::trim)
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .map(str::trim)
 }
 
 fn numbers(status: &str, name: &str) -> Vec<u32> {
@@ -46,5 +49,7 @@ pub fn collect(pid: i32) -> Result<Creds> {
 /// The seccomp mode from /proc/PID/status (0 off, 1 strict, 2 filter).
 pub fn seccomp_mode(pid: i32) -> Result<i32> {
     let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
-    Ok(field(&status, "Seccomp:").and_then(|v| v.parse().ok()).unwrap_or(0))
+    Ok(field(&status, "Seccomp:")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0))
 }

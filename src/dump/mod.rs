@@ -6,8 +6,8 @@ pub mod cgroups;
 pub mod creds;
 pub mod files;
 pub mod inventory;
-pub mod mm;
 pub mod limits;
+pub mod mm;
 pub mod pages;
 pub mod seccomp;
 pub mod signals;
@@ -53,10 +53,6 @@ fn fault_point(point: &str) -> Result<()> {
     Ok(())
 }
 
-/// Every signal blocked but SIGTRAP (the parasite's own trap must not be blocked: the kernel
-/// would reset its disposition), so nothing the task receives runs while the parasite does.
-const PARASITE_SIGMASK: u64 = !(1u64 << (libc::SIGTRAP - 1));
-
 pub fn dump(options: &DumpOptions) -> Result<DumpStats> {
     let started = Instant::now();
     let pid = options.pid;
@@ -94,7 +90,7 @@ pub fn dump(options: &DumpOptions) -> Result<DumpStats> {
 
 /// Everything done while the tree is frozen.
 fn dump_frozen(frozen: &mut tree::Frozen, images: &ImageDir) -> Result<DumpStats> {
-    frozen.mask_signals(PARASITE_SIGMASK)?;
+    frozen.mask_signals(crate::parasite::PARASITE_SIGMASK)?;
     fault_point("after-seize")?;
     let mut stats = DumpStats::default();
     for process in frozen.processes.iter().filter(|p| p.zombie.is_none()) {

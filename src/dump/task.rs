@@ -185,10 +185,8 @@ pub fn collect_in_task(parasite: &mut Parasite, core: &mut TaskCore) -> Result<u
     let xcomp = batch.reserve(8);
     let xcomp_index = batch.syscall_may_fail(libc::SYS_arch_prctl, &[ARCH_GET_XCOMP_PERM, xcomp]);
     let securebits_index = batch.syscall(libc::SYS_prctl, &[PR_GET_SECUREBITS, 0, 0, 0, 0]);
-    let dumpable_index = batch.syscall(
-        libc::SYS_prctl,
-        &[libc::PR_GET_DUMPABLE as u64, 0, 0, 0, 0],
-    );
+    let dumpable_index =
+        batch.syscall(libc::SYS_prctl, &[libc::PR_GET_DUMPABLE as u64, 0, 0, 0, 0]);
     let subreaper = batch.reserve(8);
     batch.syscall(
         libc::SYS_prctl,

@@ -120,7 +120,10 @@ mod tests {
                     ID: 3\nsignal: 40/0000000000000000\nnotify: signal/tid.78\nClockID: 0\n";
         let timers = parse_proc_timers(77, text).unwrap();
         assert_eq!(timers.len(), 2);
-        assert_eq!((timers[0].id, timers[0].signo, timers[0].value), (0, 39, 0x5555));
+        assert_eq!(
+            (timers[0].id, timers[0].signo, timers[0].value),
+            (0, 39, 0x5555)
+        );
         assert_eq!((timers[0].clock, timers[0].notify), (1, SIGEV_SIGNAL));
         assert_eq!(timers[1].notify, SIGEV_SIGNAL | SIGEV_THREAD_ID);
         assert_eq!(timers[1].thread, 78);

@@ -202,8 +202,7 @@ fn seize_into(frozen: &mut Frozen, root: i32, root_stat: Stat) -> Result<()> {
                 // The task's seccomp filters must not judge the parasite's system calls.
                 let _ = nix::sys::ptrace::setoptions(
                     pt::pid(tid),
-                    nix::sys::ptrace::Options::PTRACE_O_TRACESYSGOOD
-                        | pt::SUSPEND_SECCOMP,
+                    nix::sys::ptrace::Options::PTRACE_O_TRACESYSGOOD | pt::SUSPEND_SECCOMP,
                 );
                 let regs = pt::get_regs(tid)?;
                 process.threads.push(FrozenThread {

@@ -7,6 +7,11 @@
 
 pub mod blob;
 
+/// The signal mask of a task while rcr works in it: everything blocked but SIGTRAP (the
+/// parasite's own trap must not be blocked: the kernel would reset its disposition), so no
+/// handler of the task runs in the middle.
+pub const PARASITE_SIGMASK: u64 = !(1u64 << (libc::SIGTRAP - 1));
+
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 

@@ -2,12 +2,18 @@
 //! inside with the parasite, put its registers back and let it run. On failure the task is
 //! killed and the cause named.
 
+pub mod cgroups;
+pub mod creds;
 pub mod files;
 pub mod inventory;
+pub mod limits;
 pub mod mm;
 pub mod pages;
+pub mod seccomp;
+pub mod signals;
 pub mod steps;
 pub mod task;
+pub mod timers;
 pub mod tree;
 
 use std::collections::BTreeMap;
@@ -153,6 +159,12 @@ pub fn read_images(images: &ImageDir) -> Result<(Inventory, Vec<ProcessImages>)>
         }
         if tids.first() != Some(&entry.pid) {
             bail!("core-{}.img: the first thread is not the leader", entry.pid);
+        }
+        if let Some(creds) = &core.creds {
+            creds::check(entry.pid, creds)?;
+        }
+        if let Some(limits) = &core.limits {
+            limits::check(entry.pid, limits)?;
         }
         let pages_path = images.pages_path(entry.pid);
         let pages = File::open(&pages_path)
@@ -445,6 +457,15 @@ fn restore_tree(processes: &[ProcessImages], pidns: bool) -> Result<(i32, i32)> 
     }
     let mut seized = Vec::new();
     let outcome = (|| -> Result<()> {
+        for process in processes {
+            if let Some(cgroups) = process
+                .images
+                .as_ref()
+                .and_then(|l| l.core.cgroups.as_ref())
+            {
+                cgroups::restore(pids.outer(process.entry.pid)?, cgroups)?;
+            }
+        }
         for (process, services) in processes.iter().zip(&all_services) {
             let (Some(live), Some((services, _))) = (&process.images, services) else {
                 continue;
@@ -480,8 +501,13 @@ fn rebuild(pid: i32, live: &LiveImages, services: &Services, pids: &PidMap) -> R
     use nix::sys::ptrace::Options;
     nix::sys::ptrace::setoptions(
         pt::pid(pid),
-        Options::PTRACE_O_TRACESYSGOOD | Options::PTRACE_O_EXITKILL | Options::PTRACE_O_TRACECLONE,
+        Options::PTRACE_O_TRACESYSGOOD
+            | Options::PTRACE_O_EXITKILL
+            | Options::PTRACE_O_TRACECLONE
+            | pt::SUSPEND_SECCOMP,
     )?;
+    // Nothing the task is sent, nor the signals queued back into it, runs before it resumes.
+    crate::sys::ptrace::set_sigmask(pid, parasite::PARASITE_SIGMASK)?;
     let regs = pt::get_regs(pid)?;
     let inherited_rseq = crate::sys::ptrace::get_rseq_config(pid)?;
     let current = read_maps(pid)?;
@@ -534,6 +560,16 @@ fn rebuild(pid: i32, live: &LiveImages, services: &Services, pids: &PidMap) -> R
     }
     for thread in &live.core.threads[1..] {
         task::finish_thread(&mut parasite, &live.core, thread, pids.outer(thread.tid)?)?;
+    }
+    {
+        // Last, in the leader: timers (their target threads exist now), then what takes
+        // privileges away.
+        let mut steps = Steps::new(&mut parasite);
+        if let Some(timers) = &live.core.timers {
+            timers::restore(&mut steps, timers)?;
+        }
+        task::restore_final(&mut steps, &live.core)?;
+        steps.flush()?;
     }
     let final_regs = task::regs_from_proto(leader.regs.as_ref().unwrap(), &regs);
     parasite.cure(&final_regs)?;

@@ -133,6 +133,46 @@ pub fn restore_thread_in_task(
         libc::SYS_prctl,
         &[libc::PR_SET_NAME as u64, name],
     );
+    if let Some(signals) = &core.signals {
+        super::signals::restore_thread(steps, signals, core.pid, thread.tid)?;
+    }
+    if let Some(sched) = core
+        .limits
+        .as_ref()
+        .and_then(|l| l.threads.iter().find(|t| t.tid == thread.tid))
+    {
+        super::limits::restore_thread(steps, sched)?;
+    }
+    Ok(())
+}
+
+/// The last steps of each thread: seccomp filters, then credentials (they take away what
+/// the steps before needed).
+pub fn restore_thread_final(steps: &mut Steps, core: &TaskCore) -> Result<()> {
+    if let Some(seccomp) = &core.seccomp {
+        super::seccomp::restore(steps, seccomp)?;
+    }
+    if let Some(creds) = &core.creds {
+        super::creds::restore(steps, creds)?;
+    }
+    Ok(())
+}
+
+/// The leader's last steps: its own final steps, then dumpable (a uid change resets it).
+pub fn restore_final(steps: &mut Steps, core: &TaskCore) -> Result<()> {
+    restore_thread_final(steps, core)?;
+    steps.room(1, 0)?;
+    steps.add(
+        "prctl(PR_SET_DUMPABLE)",
+        libc::SYS_prctl,
+        &[
+            libc::PR_SET_DUMPABLE as u64,
+            u64::from(core.dumpable),
+            0,
+            0,
+            0,
+        ],
+    );
     Ok(())
 }
 
@@ -189,6 +229,7 @@ pub fn finish_thread(
     let regs = pt::get_regs(tid)?;
     let mut steps = Steps::new_in_thread(parasite, tid, regs);
     restore_thread_in_task(&mut steps, core, thread)?;
+    restore_thread_final(&mut steps, core)?;
     steps.flush()?;
     drop(steps);
     pt::set_regs(tid, &regs_from_proto(thread.regs.as_ref().unwrap(), &regs))?;
