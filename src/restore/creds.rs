@@ -8,6 +8,7 @@ use super::steps::Steps;
 use crate::image::proto::Creds;
 
 const PR_SET_KEEPCAPS: u64 = 8;
+const SECBIT_KEEP_CAPS: u32 = 1 << 4;
 const PR_CAPBSET_DROP: u64 = 24;
 const PR_SET_SECUREBITS: u64 = 28;
 const PR_SET_NO_NEW_PRIVS: u64 = 38;
@@ -110,10 +111,18 @@ pub fn restore(steps: &mut Steps, creds: &Creds) -> Result<()> {
     let [ruid, euid, suid, fsuid] = four(&creds.uids);
     let [rgid, egid, sgid, fsgid] = four(&creds.gids);
     steps.room(16 + CAP_LAST as usize, 256 + creds.groups.len() * 4)?;
+    // Securebits while rcr's capabilities are still there (it takes CAP_SETPCAP), with
+    // KEEP_CAPS so that the uid change below keeps the permitted set.
     steps.add(
-        "prctl(PR_SET_KEEPCAPS)",
+        "prctl(PR_SET_SECUREBITS)",
         libc::SYS_prctl,
-        &[PR_SET_KEEPCAPS, 1, 0, 0, 0],
+        &[
+            PR_SET_SECUREBITS,
+            u64::from(creds.securebits | SECBIT_KEEP_CAPS),
+            0,
+            0,
+            0,
+        ],
     );
     for cap in 0..=CAP_LAST {
         if creds.cap_bounding & (1 << cap) == 0 {
@@ -160,11 +169,6 @@ pub fn restore(steps: &mut Steps, creds: &Creds) -> Result<()> {
             );
         }
     }
-    steps.add(
-        "prctl(PR_SET_SECUREBITS)",
-        libc::SYS_prctl,
-        &[PR_SET_SECUREBITS, creds.securebits.into(), 0, 0, 0],
-    );
     let header =
         steps.put(&[LINUX_CAPABILITY_VERSION_3.to_le_bytes(), 0u32.to_le_bytes()].concat());
     let dumped = steps.put(&cap_data(
@@ -173,6 +177,13 @@ pub fn restore(steps: &mut Steps, creds: &Creds) -> Result<()> {
         creds.cap_inheritable,
     ));
     steps.add("capset", libc::SYS_capset, &[header, dumped]);
+    if creds.securebits & SECBIT_KEEP_CAPS == 0 {
+        steps.add(
+            "prctl(PR_SET_KEEPCAPS, 0)",
+            libc::SYS_prctl,
+            &[PR_SET_KEEPCAPS, 0, 0, 0, 0],
+        );
+    }
     if creds.no_new_privs {
         steps.add(
             "prctl(PR_SET_NO_NEW_PRIVS)",

@@ -58,7 +58,20 @@ pub fn restore_in_task(steps: &mut Steps, core: &TaskCore) -> Result<()> {
             &[action.signal.into(), act, 0, 8],
         );
     }
-    steps.room(6, 64)?;
+    if let Some(limits) = &core.limits {
+        super::limits::restore_process(steps, limits)?;
+    }
+    if let Some(signals) = &core.signals {
+        super::signals::restore_shared(steps, signals, core.pid)?;
+    }
+    steps.room(7, 64)?;
+    if core.child_subreaper {
+        steps.add(
+            "prctl(PR_SET_CHILD_SUBREAPER)",
+            libc::SYS_prctl,
+            &[libc::PR_SET_CHILD_SUBREAPER as u64, 1, 0, 0, 0],
+        );
+    }
     steps.add(
         "personality",
         libc::SYS_personality,
