@@ -14,9 +14,21 @@ fn to_proto(raw: &[u8; SIGINFO_SIZE]) -> SigInfo {
     }
 }
 
+/// Whether a queued signal is the SIGCONT rcr itself sent to end a group stop (see
+/// tree::end_group_stop): not the task's, so not saved.
+fn sent_by_rcr(raw: &[u8; SIGINFO_SIZE]) -> bool {
+    let signo = i32::from_le_bytes(raw[0..4].try_into().unwrap());
+    let code = i32::from_le_bytes(raw[8..12].try_into().unwrap());
+    let sender = u32::from_le_bytes(raw[16..20].try_into().unwrap());
+    signo == libc::SIGCONT && code == 0 && sender == std::process::id()
+}
+
 pub fn collect(pid: i32, tids: &[i32]) -> Result<Signals> {
-    let shared = peek_siginfo(pid, true)
+    let mut shared = peek_siginfo(pid, true)
         .with_context(|| format!("pid {pid}: cannot read its pending signals"))?;
+    if let Some(ours) = shared.iter().position(sent_by_rcr) {
+        shared.remove(ours);
+    }
     let mut threads = Vec::new();
     for &tid in tids {
         let pending = peek_siginfo(tid, false)

@@ -299,7 +299,14 @@ impl Parasite {
     /// Waits for the running batch's int3 and reads its results.
     pub fn finish(&mut self) -> Result<BatchResult> {
         let (tid, total) = self.running.take().expect("no batch is running");
-        match pt::wait_stop(tid)? {
+        let mut stop = pt::wait_stop(tid)?;
+        // Job-control notifications (a SIGCONT queued back into the task, say) interrupt
+        // the batch with an event stop: let it go on.
+        while let Stop::Event(_) = stop {
+            ptrace::cont(pt::pid(tid), None)?;
+            stop = pt::wait_stop(tid)?;
+        }
+        match stop {
             Stop::Signal(Signal::SIGTRAP) => {}
             other => {
                 let rip = pt::get_regs(tid).map(|r| r.rip).unwrap_or(0);

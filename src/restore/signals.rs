@@ -13,7 +13,12 @@ fn queue_all(
     what: &str,
     syscall: impl Fn(u64, u64) -> (i64, Vec<u64>),
 ) -> Result<()> {
-    for info in pending {
+    // SIGKILL and SIGSTOP are never left queued by a live task; queueing them would end or
+    // stop the task being restored.
+    for info in pending
+        .iter()
+        .filter(|i| i.signo != libc::SIGKILL as u32 && i.signo != libc::SIGSTOP as u32)
+    {
         steps.room(1, info.raw.len())?;
         let address = steps.put(&info.raw);
         let (nr, args) = syscall(u64::from(info.signo), address);
