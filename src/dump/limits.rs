@@ -1,8 +1,6 @@
 //! Resource limits (prlimit64 in the task), and per thread: nice, scheduler policy and
 //! priority, CPU affinity, I/O priority and timer slack (from outside).
 
-use std::fs;
-
 use anyhow::{Context, Result, bail};
 
 use crate::image::proto::{Limits, RLimit, ThreadSched};
@@ -22,10 +20,6 @@ fn thread_sched(pid: i32, tid: i32) -> Result<ThreadSched> {
             affinity[cpu / 64] |= 1 << (cpu % 64);
         }
     }
-    let slack = fs::read_to_string(format!("/proc/{pid}/task/{tid}/timerslack_ns"))
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(50_000);
     Ok(ThreadSched {
         tid: tid as u32,
         policy: stat.field(41) as i32,
@@ -34,7 +28,8 @@ fn thread_sched(pid: i32, tid: i32) -> Result<ThreadSched> {
         nice: stat.field(19) as i64 as i32,
         affinity,
         ioprio: sys::ptrace::ioprio(tid).unwrap_or(0),
-        timer_slack_ns: slack,
+        // Read in the thread itself (task::collect_thread_in_task).
+        timer_slack_ns: 0,
     })
 }
 

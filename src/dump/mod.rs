@@ -166,11 +166,18 @@ fn collect_with_parasite(
     mm.brk = task::collect_in_task(parasite, core)?;
     core.timers = Some(timers::collect(parasite, core.pid as i32)?);
     let tids: Vec<i32> = process.threads.iter().map(|t| t.tid).collect();
-    core.limits = Some(limits::collect(parasite, core.pid as i32, &tids)?);
+
     mm.thp_disabled = core.thp_disable != 0;
-    for (thread, frozen) in core.threads.iter_mut().zip(&process.threads) {
-        task::collect_thread_in_task(parasite, &frozen.regs, thread)?;
+    let mut limits = limits::collect(parasite, core.pid as i32, &tids)?;
+    for ((thread, frozen), sched) in core
+        .threads
+        .iter_mut()
+        .zip(&process.threads)
+        .zip(&mut limits.threads)
+    {
+        sched.timer_slack_ns = task::collect_thread_in_task(parasite, &frozen.regs, thread)?;
     }
+    core.limits = Some(limits);
     let pages_path = std::path::absolute(images.pages_path(core.pid))?;
     let out = image::create_private(&pages_path)?;
     let drain_start = Instant::now();

@@ -158,6 +158,7 @@ pub fn collect_process(
 const KERNEL_SIGACTION_SIZE: usize = 32;
 const PR_GET_TID_ADDRESS: u64 = 40;
 const PR_GET_SECUREBITS: u64 = 27;
+const PR_GET_TIMERSLACK: u64 = 30;
 const PR_GET_THP_DISABLE: u64 = 42;
 const ARCH_GET_XCOMP_PERM: u64 = 0x1022;
 
@@ -228,12 +229,13 @@ pub fn collect_in_task(parasite: &mut Parasite, core: &mut TaskCore) -> Result<u
     Ok(result.results[brk_index] as u64)
 }
 
-/// Reads one thread's own state in its context: sigaltstack, clear_child_tid, robust list.
+/// Reads one thread's own state in its context: sigaltstack, clear_child_tid, robust list;
+/// returns its timer slack (only the thread itself can read it).
 pub fn collect_thread_in_task(
     parasite: &mut Parasite,
     regs: &Regs,
     thread: &mut ThreadCore,
-) -> Result<()> {
+) -> Result<u64> {
     let tid = thread.tid as i32;
     let mut batch = parasite.batch();
     let altstack = batch.reserve(24);
@@ -242,6 +244,7 @@ pub fn collect_thread_in_task(
     batch.syscall(libc::SYS_prctl, &[PR_GET_TID_ADDRESS, tid_address]);
     let robust = batch.reserve(16);
     batch.syscall(libc::SYS_get_robust_list, &[0, robust, robust + 8]);
+    let slack_index = batch.syscall(libc::SYS_prctl, &[PR_GET_TIMERSLACK, 0, 0, 0, 0]);
     let result = if tid == parasite.tid {
         parasite.run(&batch)?
     } else {
@@ -262,5 +265,5 @@ pub fn collect_thread_in_task(
     thread.clear_child_tid = parasite.read_u64(tid_address)?;
     thread.robust_list = parasite.read_u64(robust)?;
     thread.robust_list_len = parasite.read_u64(robust + 8)?;
-    Ok(())
+    Ok(result.results[slack_index] as u64)
 }

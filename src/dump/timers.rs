@@ -13,39 +13,41 @@ const SIGEV_NONE: i32 = 1;
 const SIGEV_THREAD: i32 = 2;
 const SIGEV_THREAD_ID: i32 = 4;
 
-/// Parses /proc/PID/timers.
+/// Parses /proc/PID/timers: blocks that start with an `ID:` line.
 fn parse_proc_timers(pid: i32, text: &str) -> Result<Vec<PosixTimer>> {
-    let mut timers = Vec::new();
-    for block in text.split("ID: ").filter(|b| !b.trim().is_empty()) {
-        let mut lines = block.lines();
-        let id: i32 = lines.next().unwrap_or("").trim().parse()?;
-        let mut timer = PosixTimer {
-            id,
-            ..Default::default()
-        };
-        for line in lines {
-            if let Some(v) = line.strip_prefix("signal: ") {
-                let (signo, value) = v.split_once('/').context("signal line")?;
-                timer.signo = signo.trim().parse()?;
-                timer.value = u64::from_str_radix(value.trim().trim_start_matches("0x"), 16)?;
-            } else if let Some(v) = line.strip_prefix("notify: ") {
-                let (how, target) = v.split_once('/').context("notify line")?;
-                let mut notify = match how {
-                    "signal" => SIGEV_SIGNAL,
-                    "none" => SIGEV_NONE,
-                    "thread" => SIGEV_THREAD,
-                    other => bail!("pid {pid}: timer {id}: unknown notification {other}"),
-                };
-                if let Some(tid) = target.strip_prefix("tid.") {
-                    notify |= SIGEV_THREAD_ID;
-                    timer.thread = tid.trim().parse()?;
-                }
-                timer.notify = notify;
-            } else if let Some(v) = line.strip_prefix("ClockID: ") {
-                timer.clock = v.trim().parse()?;
-            }
+    let mut timers: Vec<PosixTimer> = Vec::new();
+    for line in text.lines() {
+        if let Some(id) = line.strip_prefix("ID: ") {
+            timers.push(PosixTimer {
+                id: id.trim().parse()?,
+                ..Default::default()
+            });
+            continue;
         }
-        timers.push(timer);
+        let Some(timer) = timers.last_mut() else {
+            continue;
+        };
+        let id = timer.id;
+        if let Some(v) = line.strip_prefix("signal: ") {
+            let (signo, value) = v.split_once('/').context("signal line")?;
+            timer.signo = signo.trim().parse()?;
+            timer.value = u64::from_str_radix(value.trim().trim_start_matches("0x"), 16)?;
+        } else if let Some(v) = line.strip_prefix("notify: ") {
+            let (how, target) = v.split_once('/').context("notify line")?;
+            let mut notify = match how {
+                "signal" => SIGEV_SIGNAL,
+                "none" => SIGEV_NONE,
+                "thread" => SIGEV_THREAD,
+                other => bail!("pid {pid}: timer {id}: unknown notification {other}"),
+            };
+            if let Some(tid) = target.strip_prefix("tid.") {
+                notify |= SIGEV_THREAD_ID;
+                timer.thread = tid.trim().parse()?;
+            }
+            timer.notify = notify;
+        } else if let Some(v) = line.strip_prefix("ClockID: ") {
+            timer.clock = v.trim().parse()?;
+        }
     }
     Ok(timers)
 }
