@@ -19,6 +19,10 @@
 //! besides the main one). RCR_WORKLOAD_TIMEOUT_SECS (default 60) bounds how long a root
 //! waits after go for its children's results or its threads.
 //!
+//! `taskstate` (see taskstate.rs; must start as root): one process, two threads, with
+//! pending signals, itimers and POSIX timers, dropped credentials, seccomp filters, rlimits,
+//! scheduling, prctl state and (with RCR_WORKLOAD_CGROUP) its own cgroup.
+//!
 //! At start the workload closes every fd above 2 it inherited, and calls setsid() so it is the leader of its own session and process
 //! group (set RCR_WORKLOAD_NO_SETSID=1 to keep the caller's session, e.g. for a shell job).
 
@@ -34,6 +38,8 @@ mod parts;
 mod procs;
 #[path = "rcr-workload/sys.rs"]
 mod sys;
+#[path = "rcr-workload/taskstate.rs"]
+mod taskstate;
 #[path = "rcr-workload/threads.rs"]
 mod threads;
 #[path = "rcr-workload/vector.rs"]
@@ -282,6 +288,7 @@ fn multi_scenario(name: &str) -> Option<MultiRun> {
         "manyprocs" => procs::manyprocs,
         "threads" => |ctx, bufs, _| threads::threads(ctx, bufs),
         "manythreads" => threads::manythreads,
+        "taskstate" => |ctx, bufs, _| taskstate::taskstate(ctx, bufs),
         _ => return None,
     })
 }

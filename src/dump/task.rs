@@ -106,6 +106,7 @@ pub fn collect_thread(tid: i32, regs: &Regs, sigmask: u64) -> Result<ThreadCore>
         .trim_end()
         .to_owned();
     Ok(ThreadCore {
+        pdeathsig: 0,
         comm,
         tid: tid as u32,
         regs: Some(regs_to_proto(&resume_regs(regs, false))),
@@ -245,6 +246,8 @@ pub fn collect_thread_in_task(
     let robust = batch.reserve(16);
     batch.syscall(libc::SYS_get_robust_list, &[0, robust, robust + 8]);
     let slack_index = batch.syscall(libc::SYS_prctl, &[PR_GET_TIMERSLACK, 0, 0, 0, 0]);
+    let pdeathsig = batch.reserve(8);
+    batch.syscall(libc::SYS_prctl, &[libc::PR_GET_PDEATHSIG as u64, pdeathsig]);
     let result = if tid == parasite.tid {
         parasite.run(&batch)?
     } else {
@@ -265,5 +268,6 @@ pub fn collect_thread_in_task(
     thread.clear_child_tid = parasite.read_u64(tid_address)?;
     thread.robust_list = parasite.read_u64(robust)?;
     thread.robust_list_len = parasite.read_u64(robust + 8)?;
+    thread.pdeathsig = parasite.read_u64(pdeathsig)? as i32;
     Ok(result.results[slack_index] as u64)
 }

@@ -143,6 +143,13 @@ pub fn restore(steps: &mut Steps, creds: &Creds) -> Result<()> {
     steps.add("setresgid", libc::SYS_setresgid, &[rgid, egid, sgid]);
     steps.add_may_fail("setfsgid", libc::SYS_setfsgid, &[fsgid]);
     steps.add("setresuid", libc::SYS_setresuid, &[ruid, euid, suid]);
+    // The uid change emptied the effective set (KEEP_CAPS keeps only the permitted one):
+    // raise it again, as rcr's, for setfsuid and what follows.
+    let rcr_caps = own_caps("CapPrm:");
+    let header =
+        steps.put(&[LINUX_CAPABILITY_VERSION_3.to_le_bytes(), 0u32.to_le_bytes()].concat());
+    let regain = steps.put(&cap_data(rcr_caps, rcr_caps, creds.cap_inheritable));
+    steps.add("capset (regain)", libc::SYS_capset, &[header, regain]);
     steps.add_may_fail("setfsuid", libc::SYS_setfsuid, &[fsuid]);
     // Capabilities as they were: effective first with everything permitted so that
     // securebits and the ambient set can still be set, then the dumped sets.

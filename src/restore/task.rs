@@ -78,11 +78,6 @@ pub fn restore_in_task(steps: &mut Steps, core: &TaskCore) -> Result<()> {
         &[core.personality.into()],
     );
     steps.add("umask", libc::SYS_umask, &[core.umask.into()]);
-    steps.add(
-        "prctl(PR_SET_PDEATHSIG)",
-        libc::SYS_prctl,
-        &[libc::PR_SET_PDEATHSIG as u64, core.pdeathsig as u64],
-    );
     if core.thp_disable != 0 {
         steps.add(
             "prctl(PR_SET_THP_DISABLE)",
@@ -161,19 +156,26 @@ pub fn restore_thread_in_task(
 
 /// The last steps of each thread: seccomp filters, then credentials (they take away what
 /// the steps before needed).
-pub fn restore_thread_final(steps: &mut Steps, core: &TaskCore) -> Result<()> {
+pub fn restore_thread_final(steps: &mut Steps, core: &TaskCore, thread: &ThreadCore) -> Result<()> {
     if let Some(seccomp) = &core.seccomp {
         super::seccomp::restore(steps, seccomp)?;
     }
     if let Some(creds) = &core.creds {
         super::creds::restore(steps, creds)?;
     }
+    // After the credentials: changing them clears the parent-death signal.
+    steps.room(1, 0)?;
+    steps.add(
+        "prctl(PR_SET_PDEATHSIG)",
+        libc::SYS_prctl,
+        &[libc::PR_SET_PDEATHSIG as u64, thread.pdeathsig as u64],
+    );
     Ok(())
 }
 
 /// The leader's last steps: its own final steps, then dumpable (a uid change resets it).
 pub fn restore_final(steps: &mut Steps, core: &TaskCore) -> Result<()> {
-    restore_thread_final(steps, core)?;
+    restore_thread_final(steps, core, &core.threads[0])?;
     steps.room(1, 0)?;
     steps.add(
         "prctl(PR_SET_DUMPABLE)",
@@ -242,7 +244,7 @@ pub fn finish_thread(
     let regs = pt::get_regs(tid)?;
     let mut steps = Steps::new_in_thread(parasite, tid, regs);
     restore_thread_in_task(&mut steps, core, thread)?;
-    restore_thread_final(&mut steps, core)?;
+    restore_thread_final(&mut steps, core, thread)?;
     steps.flush()?;
     drop(steps);
     pt::set_regs(tid, &regs_from_proto(thread.regs.as_ref().unwrap(), &regs))?;

@@ -1076,3 +1076,98 @@ pub fn file_size(path: &Path) -> u64 {
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
         .len()
 }
+
+// ---------------------------------------------------------------------------------------------
+// Helpers of tests/task_state.rs.
+
+impl Harness {
+    /// Like `spawn_args`, with extra environment variables for the workload (e.g.
+    /// RCR_WORKLOAD_CGROUP).
+    pub fn spawn_env(&mut self, scenario: &str, args: &[&str], env: &[(&str, &str)]) -> Workload {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let dir = self.dir.join(format!("wl-{scenario}-{n}"));
+        fs::create_dir_all(&dir).expect("create workload directory");
+        let stdout = fs::File::create(dir.join("stdout")).expect("create stdout file");
+        let stderr = fs::File::create(dir.join("stderr")).expect("create stderr file");
+        let mut cmd = Command::new(WORKLOAD);
+        cmd.arg(scenario)
+            .arg(&dir)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn rcr-workload");
+        let pid = child.id() as i32;
+        self.children.push(child);
+        let mut w = Workload {
+            scenario: scenario.to_string(),
+            pid,
+            dir,
+            tree: Vec::new(),
+        };
+        self.wait_ready(&w);
+        w.tree = tree_shape(pid);
+        for p in w.pids() {
+            if !self.tracked.contains(&p) {
+                self.tracked.push(p);
+            }
+        }
+        w
+    }
+
+    /// `WRAPPER... RCR restore -D IMG --pidfile FILE EXTRA...`: rcr run through another
+    /// command (e.g. `prlimit --nofile=64:64 --`), for workload `w` (cleaned up at the end
+    /// like after `restore`). Run.pid holds the pidfile's pid.
+    pub fn restore_wrapped(
+        &mut self,
+        w: &Workload,
+        img: &Path,
+        wrapper: &[&str],
+        extra: &[&str],
+    ) -> Run {
+        let (program, wrapper_args) = wrapper.split_first().expect("a wrapper command");
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let pidfile = self.dir.join(format!("restore-{n}.pid"));
+        if !self.restored.contains(&w.pid) {
+            self.restored.push(w.pid);
+        }
+        let mut args: Vec<String> = wrapper_args.iter().map(|s| s.to_string()).collect();
+        args.extend([
+            RCR.to_string(),
+            "restore".to_string(),
+            "-D".to_string(),
+            img.to_string_lossy().into_owned(),
+            "--pidfile".to_string(),
+            pidfile.to_string_lossy().into_owned(),
+        ]);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut run = self.run(program, &args, &[]);
+        run.pid = fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
+        run
+    }
+}
+
+/// The lines of /proc/PID/status whose names are in `names`, in file order.
+pub fn status_lines(pid: i32, names: &[&str]) -> Vec<String> {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| {
+            l.split_once(':')
+                .is_some_and(|(name, _)| names.contains(&name))
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+/// The hard limit on open files of a process, from /proc/PID/limits.
+pub fn hard_nofile(pid: i32) -> Option<u64> {
+    let limits = fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(4)?.parse().ok()
+}
