@@ -1,6 +1,6 @@
 //! Interval timers and POSIX timers. POSIX timers get their original ids through
-//! PR_TIMER_CREATE_RESTORE_IDS (Linux 6.17+), else by creating them in id order on a fresh
-//! process, which gives sequential ids; the ids are checked either way.
+//! PR_TIMER_CREATE_RESTORE_IDS (Linux 6.17+); on an older kernel a process with POSIX timers
+//! is refused (the linear re-creation older tools use is not built).
 
 use anyhow::Result;
 
@@ -39,8 +39,9 @@ pub fn restore(steps: &mut Steps, timers: &Timers) -> Result<()> {
     let mut posix = timers.posix.clone();
     posix.sort_by_key(|t| t.id);
     steps.room(1, 0)?;
-    steps.add_may_fail(
-        "prctl(PR_TIMER_CREATE_RESTORE_IDS, on)",
+    // Without it, ids would come from the kernel's allocator: refused rather than wrong.
+    steps.add(
+        "choosing POSIX timer ids (prctl PR_TIMER_CREATE_RESTORE_IDS, Linux 6.17+)",
         libc::SYS_prctl,
         &[PR_TIMER_CREATE_RESTORE_IDS, 1, 0, 0, 0],
     );
