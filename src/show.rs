@@ -96,6 +96,8 @@ pub fn load(dir: &Path) -> Result<ImageSet> {
                 .with_context(|| format!("{name}: cannot stat"))?
                 .len();
             set.processes.entry(pid).or_default().pages_bytes = Some(size);
+        } else if name.starts_with("memfd-") && name.ends_with(".img") {
+            // Raw memfd content, described by the fds and mm images that name its inode.
         } else {
             set.skipped.push(name);
         }
@@ -494,9 +496,35 @@ fn text_fds(out: &mut String, pid: u32, fds: &Fds) {
                 c.rdev_minor,
                 c.pos
             ),
+            Some(fd::File::Pipe(p)) => format!(
+                "pipe:[{}] {} end {}{}",
+                p.inode,
+                if p.write_end { "write" } else { "read" },
+                open_flags(p.flags),
+                if p.has_data {
+                    format!(" size {} holding {} bytes", p.pipe_size, p.data.len())
+                } else {
+                    String::new()
+                }
+            ),
+            Some(fd::File::Eventfd(e)) => format!(
+                "eventfd count {}{} {}",
+                e.count,
+                if e.semaphore { " semaphore" } else { "" },
+                open_flags(e.flags)
+            ),
+            Some(fd::File::Memfd(m)) => format!(
+                "memfd:{} inode {} {} pos {} size {} seals {:#x}",
+                m.name,
+                m.inode,
+                open_flags(m.flags),
+                m.pos,
+                m.size,
+                m.seals
+            ),
             None => "unknown file type".to_owned(),
         };
-        let _ = writeln!(out, "  {:>4} {what}{cloexec}{dup}", f.fd);
+        let _ = writeln!(out, "  {:>4} {what}{cloexec}{dup} file {}", f.fd, f.file_id);
     }
 }
 

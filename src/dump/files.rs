@@ -1,12 +1,17 @@
-//! Open file descriptors: regular files, directories and the common character devices, plus
-//! cwd and root. Any other kind fails the dump with the pid, fd and kind named.
+//! Open file descriptors: regular files, directories, the common character devices, pipes
+//! (with their unread data), eventfds and memfds (with their content), plus cwd and root. Any
+//! other kind fails the dump with the pid, fd and kind named.
 
-use std::fs;
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File};
+use std::os::fd::AsFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
 use anyhow::{Context, Result, bail};
+use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl};
 
-use crate::image::proto::{CharDevice, Fd, Fds, RegularFile, fd};
+use crate::image::ImageDir;
+use crate::image::proto::{CharDevice, EventFd, Fd, Fds, MemFd, Pipe, RegularFile, fd};
 use crate::sys::pidfd;
 
 /// Character devices that are the same on every machine: (major, minor).
@@ -20,6 +25,7 @@ pub const PORTABLE_CHAR_DEVICES: [(u32, u32, &str); 4] = [
 struct FdInfo {
     pos: u64,
     flags: u32,
+    text: String,
 }
 
 fn read_fdinfo(pid: i32, fd: i32) -> Result<FdInfo> {
@@ -34,17 +40,108 @@ fn read_fdinfo(pid: i32, fd: i32) -> Result<FdInfo> {
     Ok(FdInfo {
         pos: field("pos:")?.parse()?,
         flags: u32::from_str_radix(field("flags:")?, 8)?,
+        text: text.clone(),
     })
 }
 
-pub fn collect(pid: i32) -> Result<Fds> {
+impl FdInfo {
+    fn field(&self, name: &str) -> Option<&str> {
+        self.text
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+    }
+}
+
+/// Open file descriptions of the whole dumped tree: fds that are the same description (dup,
+/// fork) get the same id, found with kcmp among fds on the same inode.
+#[derive(Default)]
+pub struct FileIds {
+    by_inode: HashMap<(u64, u64), Vec<(i32, i32, u64)>>,
+    next: u64,
+    /// Pipes and memfds whose content is already saved.
+    saved: HashSet<u64>,
+}
+
+impl FileIds {
+    fn id_of(&mut self, key: (u64, u64), pid: i32, fd: i32) -> Result<(u64, Option<(i32, i32)>)> {
+        let candidates = self.by_inode.entry(key).or_default();
+        for &(other_pid, other_fd, id) in candidates.iter() {
+            if pidfd::same_open_file(other_pid, other_fd, pid, fd)? {
+                return Ok((id, Some((other_pid, other_fd))));
+            }
+        }
+        self.next += 1;
+        candidates.push((pid, fd, self.next));
+        Ok((self.next, None))
+    }
+}
+
+/// A pipe's unread data, read without consuming it: a new read end opened through /proc is
+/// tee()d into a pipe of rcr's own.
+fn pipe_data(pid: i32, fd: i32) -> Result<(u32, Vec<u8>)> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let what = || format!("pid {pid} fd {fd}: pipe");
+    let reader = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(format!("/proc/{pid}/fd/{fd}"))
+        .with_context(what)?;
+    let size = fcntl(reader.as_fd(), FcntlArg::F_GETPIPE_SZ).with_context(what)? as u32;
+    let (copy_read, copy_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
+    let _ = fcntl(copy_write.as_fd(), FcntlArg::F_SETPIPE_SZ(size as i32));
+    let copied = match nix::fcntl::tee(
+        reader.as_fd(),
+        copy_write.as_fd(),
+        size as usize,
+        SpliceFFlags::SPLICE_F_NONBLOCK,
+    ) {
+        Ok(n) => n,
+        Err(nix::errno::Errno::EAGAIN) => 0,
+        Err(err) => return Err(err).with_context(what),
+    };
+    drop(copy_write);
+    let mut data = Vec::with_capacity(copied);
+    File::from(copy_read).read_to_end(&mut data).or_else(|e| {
+        if e.kind() == std::io::ErrorKind::WouldBlock {
+            Ok(0)
+        } else {
+            Err(e)
+        }
+    })?;
+    Ok((size, data))
+}
+
+/// A memfd's name from its link ("/memfd:NAME (deleted)").
+fn memfd_name(link: &str) -> Option<&str> {
+    link.strip_prefix("/memfd:")?.strip_suffix(" (deleted)")
+}
+
+/// Saves a memfd's content to memfd-INODE.img once; returns (size, seals).
+pub fn save_memfd(
+    path: &str,
+    inode: u64,
+    images: &ImageDir,
+    ids: &mut FileIds,
+) -> Result<(u64, u32)> {
+    let file = File::open(path).with_context(|| format!("{path}: cannot open the memfd"))?;
+    let size = file.metadata()?.len();
+    let seals = fcntl(file.as_fd(), FcntlArg::F_GET_SEALS).unwrap_or(0) as u32;
+    if ids.saved.insert(inode) {
+        let mut out = crate::image::create_private(&images.memfd_path(inode))?;
+        std::io::copy(&mut std::io::Read::take(&file, size), &mut out)?;
+    }
+    Ok((size, seals))
+}
+
+pub fn collect(pid: i32, images: &ImageDir, ids: &mut FileIds) -> Result<Fds> {
     let mut numbers: Vec<i32> = fs::read_dir(format!("/proc/{pid}/fd"))
         .with_context(|| format!("pid {pid}: cannot list fds"))?
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
         .collect();
     numbers.sort_unstable();
     let mut fds = Vec::with_capacity(numbers.len());
-    let mut seen: Vec<(i32, (u64, u64))> = Vec::new();
     for fd in numbers {
         let proc_path = format!("/proc/{pid}/fd/{fd}");
         let link = fs::read_link(&proc_path)
@@ -56,8 +153,21 @@ pub fn collect(pid: i32) -> Result<Fds> {
         let flags = info.flags & !(libc::O_CLOEXEC as u32);
         let meta = fs::metadata(&proc_path)
             .with_context(|| format!("pid {pid} fd {fd}: cannot stat {link}"))?;
+        let key = (meta.dev(), meta.ino());
+        let (file_id, same_as) = ids.id_of(key, pid, fd)?;
+        let dup_of = same_as.filter(|(p, _)| *p == pid).map(|(_, f)| f);
         let file_type = meta.file_type();
-        let file = if (file_type.is_file() || file_type.is_dir()) && link.starts_with('/') {
+        let file = if let Some(name) = memfd_name(&link) {
+            let (size, seals) = save_memfd(&proc_path, meta.ino(), images, ids)?;
+            fd::File::Memfd(MemFd {
+                inode: meta.ino(),
+                name: name.to_owned(),
+                flags,
+                pos: info.pos,
+                size,
+                seals,
+            })
+        } else if (file_type.is_file() || file_type.is_dir()) && link.starts_with('/') {
             if link.ends_with(" (deleted)") {
                 bail!("pid {pid} fd {fd}: unlinked file {link} is not supported yet");
             }
@@ -83,24 +193,49 @@ pub fn collect(pid: i32) -> Result<Fds> {
                 rdev_minor: minor,
                 pos: info.pos,
             })
+        } else if file_type.is_fifo() && link.starts_with("pipe:") {
+            let inode = meta.ino();
+            let write_end = flags & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32;
+            let first = ids.saved.insert(inode);
+            let (pipe_size, data) = if first {
+                pipe_data(pid, fd)?
+            } else {
+                (0, Vec::new())
+            };
+            fd::File::Pipe(Pipe {
+                inode,
+                write_end,
+                flags,
+                pipe_size,
+                has_data: first,
+                data,
+            })
+        } else if link == "anon_inode:[eventfd]" {
+            let count = info
+                .field("eventfd-count:")
+                .and_then(|v| u64::from_str_radix(v, 16).ok())
+                .with_context(|| format!("pid {pid} fd {fd}: eventfd without a count"))?;
+            fd::File::Eventfd(EventFd {
+                count,
+                flags,
+                semaphore: info.field("eventfd-semaphore:") == Some("1"),
+            })
         } else {
-            bail!("pid {pid} fd {fd}: unsupported file kind {link}");
+            let kind = if link.starts_with("socket:") {
+                "socket"
+            } else if file_type.is_fifo() {
+                "FIFO"
+            } else {
+                link.as_str()
+            };
+            bail!("pid {pid} fd {fd}: unsupported file kind {kind} ({link})");
         };
-        // An earlier fd on the same file may be the very same open file description.
-        let key = (meta.dev(), meta.ino());
-        let mut dup_of = None;
-        for &(earlier, earlier_key) in &seen {
-            if earlier_key == key && pidfd::same_open_file(pid, earlier, pid, fd)? {
-                dup_of = Some(earlier);
-                break;
-            }
-        }
-        seen.push((fd, key));
         fds.push(Fd {
             fd,
             cloexec,
             file: Some(file),
             dup_of,
+            file_id,
         });
     }
     let link = |name: &str| -> Result<String> {

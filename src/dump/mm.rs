@@ -161,6 +161,13 @@ fn classify(pid: i32, line: &MapsLine) -> Result<VmaKind> {
         "" => VmaKind::AnonPrivate,
         p if p.starts_with("[anon:") => VmaKind::AnonPrivate,
         "/dev/zero (deleted)" if shared => VmaKind::AnonShared,
+        p if p.starts_with("/memfd:") && p.ends_with(" (deleted)") => {
+            if shared {
+                VmaKind::MemfdShared
+            } else {
+                VmaKind::MemfdPrivate
+            }
+        }
         p if p.starts_with('[') => {
             bail!(
                 "pid {pid}: unsupported special mapping {p} at {:#x}",
@@ -180,7 +187,7 @@ fn classify(pid: i32, line: &MapsLine) -> Result<VmaKind> {
 /// Translates smaps VmFlags into the mmap flags restore needs.
 fn map_flags(kind: VmaKind, vm_flags: &[String]) -> u32 {
     let mut flags = match kind {
-        VmaKind::AnonShared | VmaKind::FileShared => libc::MAP_SHARED,
+        VmaKind::AnonShared | VmaKind::FileShared | VmaKind::MemfdShared => libc::MAP_SHARED,
         _ => libc::MAP_PRIVATE,
     };
     if matches!(
@@ -218,6 +225,13 @@ pub fn collect(pid: i32, stat: &Stat) -> Result<Mm> {
             file_size: 0,
             file_mtime_ns: 0,
         };
+        if matches!(kind, VmaKind::MemfdShared | VmaKind::MemfdPrivate) {
+            // The memfd's size; its content is saved with the fds (files::save_memfd).
+            let mapped = format!("/proc/{pid}/map_files/{:x}-{:x}", line.start, line.end);
+            vma.file_size = fs::metadata(&mapped)
+                .with_context(|| format!("pid {pid}: memfd mapping {}", line.path))?
+                .len();
+        }
         if matches!(kind, VmaKind::FilePrivate | VmaKind::FileShared) {
             let meta = fs::metadata(&line.path)
                 .with_context(|| format!("pid {pid}: mapped file {}", line.path))?;

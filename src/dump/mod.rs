@@ -93,8 +93,9 @@ fn dump_frozen(frozen: &mut tree::Frozen, images: &ImageDir) -> Result<DumpStats
     frozen.mask_signals(crate::parasite::PARASITE_SIGMASK)?;
     fault_point("after-seize")?;
     let mut stats = DumpStats::default();
+    let mut file_ids = files::FileIds::default();
     for process in frozen.processes.iter().filter(|p| p.zombie.is_none()) {
-        stats.pages_bytes += dump_process(process, images)?;
+        stats.pages_bytes += dump_process(process, images, &mut file_ids)?;
     }
     images.write(
         Kind::Inventory,
@@ -106,7 +107,11 @@ fn dump_frozen(frozen: &mut tree::Frozen, images: &ImageDir) -> Result<DumpStats
 }
 
 /// One process: its threads, memory and files. Returns the bytes of pages written.
-fn dump_process(process: &tree::FrozenProcess, images: &ImageDir) -> Result<u64> {
+fn dump_process(
+    process: &tree::FrozenProcess,
+    images: &ImageDir,
+    file_ids: &mut files::FileIds,
+) -> Result<u64> {
     let pid = process.pid;
     let phase = Instant::now();
     let threads = process
@@ -121,7 +126,16 @@ fn dump_process(process: &tree::FrozenProcess, images: &ImageDir) -> Result<u64>
     core.seccomp = Some(seccomp::collect(pid)?);
     core.cgroups = Some(cgroups::collect(pid)?);
     let mut mm = mm::collect(pid, &process.stat)?;
-    let fds = files::collect(pid)?;
+    let fds = files::collect(pid, images, file_ids)?;
+    for vma in mm.vmas.iter().filter(|v| {
+        matches!(
+            v.kind(),
+            image::proto::VmaKind::MemfdShared | image::proto::VmaKind::MemfdPrivate
+        )
+    }) {
+        let mapped = format!("/proc/{pid}/map_files/{:x}-{:x}", vma.start, vma.end);
+        files::save_memfd(&mapped, vma.inode, images, file_ids)?;
+    }
     let runs = pages::collect_runs(pid, &mut mm.vmas)?;
     let page_map = pages::page_map(runs);
     log::debug(&format!(

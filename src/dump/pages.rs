@@ -31,7 +31,7 @@ fn wanted(kind: VmaKind, entry: u64) -> bool {
             entry & (PM_PRESENT | PM_SWAPPED) != 0
         }
         // Pages still shared with the page cache come back from the file itself.
-        VmaKind::FilePrivate => {
+        VmaKind::FilePrivate | VmaKind::MemfdPrivate => {
             entry & PM_SWAPPED != 0 || (entry & PM_PRESENT != 0 && entry & PM_FILE == 0)
         }
         _ => false,
@@ -74,7 +74,7 @@ fn scan_vma(pagemap: &File, vma: &Vma, runs: &mut Vec<PageRun>) -> std::io::Resu
         PAGE_IS_FILE, PAGE_IS_PFNZERO, PAGE_IS_PRESENT, PAGE_IS_SWAPPED, PageFilter,
         pagemap_scan_filtered,
     };
-    let excluded = if vma.kind() == VmaKind::FilePrivate {
+    let excluded = if matches!(vma.kind(), VmaKind::FilePrivate | VmaKind::MemfdPrivate) {
         PAGE_IS_FILE | PAGE_IS_PFNZERO
     } else {
         PAGE_IS_PFNZERO
@@ -135,6 +135,7 @@ fn dumps_pages(kind: VmaKind) -> bool {
             | VmaKind::Stack
             | VmaKind::AnonShared
             | VmaKind::FilePrivate
+            | VmaKind::MemfdPrivate
     )
 }
 

@@ -27,7 +27,8 @@ pub const MAGIC: &[u8; 4] = b"RCRI";
 pub const FORMAT_MAJOR: u16 = 1;
 /// 1.1: fds-PID.img Fd.dup_of. 1.2: core-PID.img signals, timers, creds, seccomp, limits,
 /// cgroups, dumpable, child_subreaper.
-pub const FORMAT_MINOR: u16 = 2;
+/// 1.3: fds pipes, eventfd, memfd (memfd-INODE.img), file_id; mm memfd mappings.
+pub const FORMAT_MINOR: u16 = 3;
 const HEADER_LEN: usize = 20;
 const TRAILER_LEN: usize = 4;
 
@@ -204,6 +205,11 @@ impl ImageDir {
 
     pub fn pages_path(&self, pid: u32) -> PathBuf {
         self.path.join(format!("pages-{pid}.img"))
+    }
+
+    /// Raw content of a memfd, by the inode it had.
+    pub fn memfd_path(&self, inode: u64) -> PathBuf {
+        self.path.join(format!("memfd-{inode}.img"))
     }
 
     /// Writes an image file (0600), replacing an older one.

@@ -1,14 +1,21 @@
 //! Open files: opened by rcr before the task exists (so that a missing file is an error before
 //! anything is created), then placed at their numbers by the new task itself.
 
+use std::collections::HashMap;
+use std::ffi::CString;
 use std::fs::OpenOptions;
+use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 
 use anyhow::{Context, Result, bail};
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use nix::sys::memfd::MFdFlags;
 use nix::unistd::{Whence, lseek};
 
-use crate::image::proto::{Fds, fd};
+use crate::image::ImageDir;
+use crate::image::proto::{Fd, Fds, fd};
 
 /// One fd to place in the child: `src` (held by rcr, inherited) goes to `dst`.
 #[derive(Debug, Clone, Copy)]
@@ -41,39 +48,181 @@ pub fn hold_above(fd: OwnedFd, floor: i32) -> Result<OwnedFd> {
     Ok(crate::sys::fd::dup_above(&fd, floor)?)
 }
 
-/// Opens every file of `fds`; returns the held descriptors and where each goes.
-pub fn open_all(pid: u32, fds: &Fds, floor: i32) -> Result<(Vec<OwnedFd>, Vec<Move>)> {
-    let mut held = Vec::new();
-    let mut moves = Vec::new();
-    for entry in &fds.fds {
-        if let Some(original) = entry.dup_of {
-            // One open file description, several numbers: place the same one again.
-            let Some(source) = moves.iter().find(|m: &&Move| m.dst == original).copied() else {
-                bail!(
-                    "pid {pid} fd {}: duplicate of unknown fd {original}",
-                    entry.fd
-                );
+/// Every file description the restored tree will hold, opened once by rcr: by dumped
+/// description id (shared across fds and processes), pipes by inode, memfds by inode.
+pub struct OpenedFiles {
+    floor: i32,
+    images: std::path::PathBuf,
+    by_id: HashMap<u64, OwnedFd>,
+    pipes: HashMap<u64, (OwnedFd, OwnedFd)>,
+    memfds: HashMap<u64, OwnedFd>,
+    held: Vec<OwnedFd>,
+}
+
+impl OpenedFiles {
+    pub fn new(images: &ImageDir, floor: i32) -> OpenedFiles {
+        OpenedFiles {
+            floor,
+            images: images.path().to_owned(),
+            by_id: HashMap::new(),
+            pipes: HashMap::new(),
+            memfds: HashMap::new(),
+            held: Vec::new(),
+        }
+    }
+
+    /// Creates every pipe of the tree with its size and unread data.
+    pub fn create_pipes<'a>(&mut self, all: impl Iterator<Item = &'a Fds>) -> Result<()> {
+        for entry in all.flat_map(|fds| &fds.fds) {
+            let Some(fd::File::Pipe(pipe)) = &entry.file else {
+                continue;
             };
-            moves.push(Move {
-                src: source.src,
-                dst: entry.fd,
-                cloexec: entry.cloexec,
-            });
-            continue;
+            if !pipe.has_data {
+                continue;
+            }
+            let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+            if pipe.pipe_size > 0 {
+                fcntl(write.as_fd(), FcntlArg::F_SETPIPE_SZ(pipe.pipe_size as i32))
+                    .with_context(|| format!("pipe:[{}]: size {}", pipe.inode, pipe.pipe_size))?;
+            }
+            if !pipe.data.is_empty() {
+                let mut writer = std::fs::File::from(write.try_clone()?);
+                writer
+                    .write_all(&pipe.data)
+                    .with_context(|| format!("pipe:[{}]: refilling it", pipe.inode))?;
+            }
+            let read = hold_above(read, self.floor)?;
+            let write = hold_above(write, self.floor)?;
+            self.pipes.insert(pipe.inode, (read, write));
+        }
+        Ok(())
+    }
+
+    /// The memfd of `inode`, created with its name, content and seals on first use.
+    pub fn memfd(&mut self, inode: u64, name: &str, size: u64, seals: u32) -> Result<&OwnedFd> {
+        if !self.memfds.contains_key(&inode) {
+            let cname = CString::new(name)?;
+            let memfd = nix::sys::memfd::memfd_create(
+                cname.as_c_str(),
+                MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+            )
+            .with_context(|| format!("memfd:{name}: cannot create it"))?;
+            let mut file = std::fs::File::from(memfd);
+            let content = self.images.join(format!("memfd-{inode}.img"));
+            let mut source = std::fs::File::open(&content)
+                .with_context(|| format!("cannot open {}", content.display()))?;
+            std::io::copy(&mut source, &mut file)?;
+            file.set_len(size)?;
+            let memfd: OwnedFd = file.into();
+            if seals != 0 {
+                let seals = nix::fcntl::SealFlag::from_bits_truncate(seals as i32);
+                fcntl(memfd.as_fd(), FcntlArg::F_ADD_SEALS(seals))
+                    .with_context(|| format!("memfd:{name}: cannot seal it"))?;
+            }
+            let memfd = hold_above(memfd, self.floor)?;
+            self.memfds.insert(inode, memfd);
+        }
+        Ok(&self.memfds[&inode])
+    }
+
+    /// A new description of the file behind `fd`, opened through /proc with `flags`.
+    fn reopen_fd(fd: &OwnedFd, flags: u32, pos: u64, what: &str) -> Result<OwnedFd> {
+        reopen(
+            &format!("/proc/self/fd/{}", fd.as_raw_fd()),
+            flags,
+            pos,
+            what,
+        )
+    }
+
+    /// Opens (or reuses) the description of one dumped fd.
+    fn open(&mut self, pid: u32, entry: &Fd) -> Result<i32> {
+        if entry.file_id != 0
+            && let Some(held) = self.by_id.get(&entry.file_id)
+        {
+            return Ok(held.as_raw_fd());
         }
         let what = format!("pid {pid} fd {}", entry.fd);
         let opened = match &entry.file {
             Some(fd::File::Regular(f)) => reopen(&f.path, f.flags, f.pos, &what)?,
             Some(fd::File::Chardev(c)) => reopen(&c.path, c.flags, c.pos, &what)?,
+            Some(fd::File::Pipe(p)) => {
+                let Some((read, write)) = self.pipes.get(&p.inode) else {
+                    bail!("{what}: pipe:[{}] has no saved state", p.inode);
+                };
+                let end = if p.write_end { write } else { read }.try_clone()?;
+                let flags = OFlag::from_bits_truncate(p.flags as i32)
+                    & (OFlag::O_NONBLOCK | OFlag::O_DIRECT | OFlag::O_ASYNC);
+                fcntl(end.as_fd(), FcntlArg::F_SETFL(flags))?;
+                end
+            }
+            Some(fd::File::Eventfd(e)) => {
+                let mut flags = EfdFlags::EFD_CLOEXEC;
+                if e.flags & libc::O_NONBLOCK as u32 != 0 {
+                    flags |= EfdFlags::EFD_NONBLOCK;
+                }
+                if e.semaphore {
+                    flags |= EfdFlags::EFD_SEMAPHORE;
+                }
+                let eventfd = EventFd::from_flags(flags)?;
+                if e.count > 0 {
+                    // An eventfd adds what is written to its counter.
+                    eventfd.write(e.count)?;
+                }
+                OwnedFd::from(eventfd)
+            }
+            Some(fd::File::Memfd(m)) => {
+                let memfd = self.memfd(m.inode, &m.name, m.size, m.seals)?;
+                let opened = Self::reopen_fd(memfd, m.flags, m.pos, &what)?;
+                opened
+            }
             None => bail!("{what}: empty fd entry"),
         };
-        let opened = hold_above(opened, floor)?;
-        moves.push(Move {
-            src: opened.as_raw_fd(),
-            dst: entry.fd,
-            cloexec: entry.cloexec,
-        });
-        held.push(opened);
+        let opened = hold_above(opened, self.floor)?;
+        let raw = opened.as_raw_fd();
+        if entry.file_id != 0 {
+            self.by_id.insert(entry.file_id, opened);
+        } else {
+            self.held.push(opened);
+        }
+        Ok(raw)
     }
-    Ok((held, moves))
+
+    /// Where each of `fds` goes in the new process.
+    pub fn plan(&mut self, pid: u32, fds: &Fds) -> Result<Vec<Move>> {
+        let mut moves: Vec<Move> = Vec::new();
+        for entry in &fds.fds {
+            let src = match entry.dup_of {
+                // Images before 1.3: the same description again, within the process.
+                Some(original) if entry.file_id == 0 => {
+                    let Some(source) = moves.iter().find(|m| m.dst == original) else {
+                        bail!(
+                            "pid {pid} fd {}: duplicate of unknown fd {original}",
+                            entry.fd
+                        );
+                    };
+                    source.src
+                }
+                _ => self.open(pid, entry)?,
+            };
+            moves.push(Move {
+                src,
+                dst: entry.fd,
+                cloexec: entry.cloexec,
+            });
+        }
+        Ok(moves)
+    }
+
+    pub fn floor(&self) -> i32 {
+        self.floor
+    }
+
+    /// Holds another descriptor until the tree is created.
+    pub fn hold(&mut self, fd: OwnedFd) -> Result<i32> {
+        let fd = hold_above(fd, self.floor)?;
+        let raw = fd.as_raw_fd();
+        self.held.push(fd);
+        Ok(raw)
+    }
 }

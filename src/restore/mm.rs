@@ -164,6 +164,7 @@ pub fn map_vmas(
     mm: &Mm,
     file_fds: &BTreeMap<String, i32>,
     shared_anon_fds: &BTreeMap<u64, i32>,
+    memfd_fds: &BTreeMap<u64, i32>,
 ) -> Result<()> {
     for vma in mm.vmas.iter().filter(|v| !is_special(v.kind())) {
         let len = vma.end - vma.start;
@@ -174,6 +175,7 @@ pub fn map_vmas(
         let mut flags = vma.flags as u64 | libc::MAP_FIXED as u64;
         let fd = match vma.kind() {
             VmaKind::FilePrivate | VmaKind::FileShared => file_fds[&vma.path] as u64,
+            VmaKind::MemfdShared | VmaKind::MemfdPrivate => memfd_fds[&vma.inode] as u64,
             VmaKind::AnonShared => {
                 // The tree's one object for this region, mapped like a file.
                 flags &= !(libc::MAP_ANONYMOUS as u64);

@@ -18,7 +18,7 @@ pub mod tree;
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -200,7 +200,7 @@ pub fn restore(options: &RestoreOptions) -> Result<i32> {
     let started = Instant::now();
     let images = ImageDir::open(&options.dir)?;
     let (_inventory, processes) = read_images(&images)?;
-    let (pid, waited) = restore_tree(&processes, options.pidns)?;
+    let (pid, waited) = restore_tree(&images, &processes, options.pidns)?;
     log::info(&format!(
         "pid {pid}: restored {} processes in {:.1} ms",
         processes.len(),
@@ -227,6 +227,8 @@ struct Services {
     pages: i32,
     exe: i32,
     mapped_files: BTreeMap<String, i32>,
+    /// memfds mapped into memory (by dumped inode).
+    memfds: BTreeMap<u64, i32>,
     /// Shared anonymous memory objects (by dumped inode): one object for every process
     /// that maps it, as it was after fork.
     shared_anon: BTreeMap<u64, i32>,
@@ -252,6 +254,7 @@ fn plan_services(live: &LiveImages) -> (Services, Vec<(String, bool)>) {
         pages: take(),
         exe: take(),
         mapped_files: BTreeMap::new(),
+        memfds: BTreeMap::new(),
         shared_anon: BTreeMap::new(),
         first: max_task_fd + 1,
         last: 0,
@@ -275,6 +278,11 @@ fn plan_services(live: &LiveImages) -> (Services, Vec<(String, bool)>) {
             services.shared_anon.insert(vma.inode, take());
         }
     }
+    for vma in &live.mm.vmas {
+        if is_memfd(vma.kind()) && !services.memfds.contains_key(&vma.inode) {
+            services.memfds.insert(vma.inode, take());
+        }
+    }
     services.last = next_service - 1;
     (services, mapped_paths)
 }
@@ -286,38 +294,53 @@ fn open_process_files(
     services: &Services,
     mapped_paths: &[(String, bool)],
     shared_objects: &BTreeMap<u64, OwnedFd>,
-    floor: i32,
-) -> Result<(Vec<OwnedFd>, Vec<files::Move>, OwnedFd)> {
+    opened: &mut files::OpenedFiles,
+) -> Result<(Vec<files::Move>, OwnedFd)> {
     let what = format!("pid {pid}");
-    let (mut held, mut moves) = files::open_all(pid, &live.fds, floor)?;
-    let mut hold = |fd: OwnedFd, dst: i32| -> Result<()> {
-        let fd = files::hold_above(fd, floor)?;
+    let mut moves = opened.plan(pid, &live.fds)?;
+    let mut hold = |opened: &mut files::OpenedFiles, fd: OwnedFd, dst: i32| -> Result<()> {
+        let src = opened.hold(fd)?;
         moves.push(files::Move {
-            src: fd.as_raw_fd(),
+            src,
             dst,
             cloexec: true,
         });
-        held.push(fd);
         Ok(())
     };
-    hold(live.pages.try_clone()?.into(), services.pages)?;
-    hold(open_ro(&live.mm.exe_path, &what)?, services.exe)?;
+    hold(opened, live.pages.try_clone()?.into(), services.pages)?;
+    hold(opened, open_ro(&live.mm.exe_path, &what)?, services.exe)?;
     for (path, writable) in mapped_paths {
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(*writable)
             .open(path)
             .with_context(|| format!("{what}: mapped file {path}"))?;
-        hold(file.into(), services.mapped_files[path])?;
+        hold(opened, file.into(), services.mapped_files[path])?;
     }
     for (inode, &dst) in &services.shared_anon {
-        hold(shared_objects[inode].try_clone()?, dst)?;
+        hold(opened, shared_objects[inode].try_clone()?, dst)?;
     }
-    let cwd = files::hold_above(
-        open_ro(&live.fds.cwd, &what).with_context(|| format!("{what}: cwd"))?,
-        floor,
-    )?;
-    Ok((held, moves, cwd))
+    for (inode, &dst) in &services.memfds {
+        let vma = live
+            .mm
+            .vmas
+            .iter()
+            .find(|v| v.inode == *inode && is_memfd(v.kind()))
+            .expect("planned from these vmas");
+        let name = vma
+            .path
+            .strip_prefix("/memfd:")
+            .and_then(|p| p.strip_suffix(" (deleted)"))
+            .unwrap_or("");
+        let memfd = opened.memfd(*inode, name, vma.file_size, 0)?.try_clone()?;
+        hold(opened, memfd, dst)?;
+    }
+    let cwd = open_ro(&live.fds.cwd, &what).with_context(|| format!("{what}: cwd"))?;
+    Ok((moves, files::hold_above(cwd, opened.floor())?))
+}
+
+fn is_memfd(kind: VmaKind) -> bool {
+    matches!(kind, VmaKind::MemfdShared | VmaKind::MemfdPrivate)
 }
 
 /// Raises the soft limit on open files to the hard one: rcr holds every file of the tree.
@@ -330,7 +353,7 @@ fn raise_nofile_limit() {
 
 /// Creates the tree and rebuilds every process; kills all of it if anything fails. Returns the
 /// root's pid and the pid of rcr's child (the root, or the init of the new pid namespace).
-fn restore_tree(processes: &[ProcessImages], pidns: bool) -> Result<(i32, i32)> {
+fn restore_tree(images: &ImageDir, processes: &[ProcessImages], pidns: bool) -> Result<(i32, i32)> {
     raise_nofile_limit();
     let current_layout = read_maps(std::process::id() as i32)?;
     let mut all_services = Vec::new();
@@ -366,7 +389,13 @@ fn restore_tree(processes: &[ProcessImages], pidns: bool) -> Result<(i32, i32)> 
         shared_objects.insert(inode, object);
     }
 
-    let mut held = Vec::new();
+    let mut opened = files::OpenedFiles::new(images, floor);
+    opened.create_pipes(
+        processes
+            .iter()
+            .filter_map(|p| p.images.as_ref())
+            .map(|l| &l.fds),
+    )?;
     let mut plans = Vec::new();
     for (index, process) in processes.iter().enumerate() {
         let (report_read, report_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
@@ -382,15 +411,14 @@ fn restore_tree(processes: &[ProcessImages], pidns: bool) -> Result<(i32, i32)> 
             report_write: Some(report_write),
         };
         if let (Some(live), Some((services, mapped))) = (&process.images, &all_services[index]) {
-            let (fds, moves, cwd) = open_process_files(
+            let (moves, cwd) = open_process_files(
                 live,
                 process.entry.pid,
                 services,
                 mapped,
                 &shared_objects,
-                floor,
+                &mut opened,
             )?;
-            held.extend(fds);
             plan.keep = moves.iter().map(|m| m.dst).collect();
             plan.keep.sort_unstable();
             plan.moves = moves;
@@ -423,7 +451,7 @@ fn restore_tree(processes: &[ProcessImages], pidns: bool) -> Result<(i32, i32)> 
     for plan in &mut plans {
         plan.report_write = None;
     }
-    drop(held);
+    drop(opened);
     drop(shared_objects);
     let created: Vec<u32> = processes.iter().map(|p| p.entry.pid).collect();
     let kill_all = || {
@@ -539,6 +567,7 @@ fn rebuild(pid: i32, live: &LiveImages, services: &Services, pids: &PidMap) -> R
             mm,
             &services.mapped_files,
             &services.shared_anon,
+            &services.memfds,
         )?;
         pages::fill(&mut steps, &live.page_map, services.pages)?;
         mm::seal_protections(&mut steps, mm)?;
