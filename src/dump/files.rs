@@ -53,11 +53,14 @@ impl FdInfo {
     }
 }
 
+/// One fd of the dumped tree: (pid, fd, description id).
+type FdOfTree = (i32, i32, u64);
+
 /// Open file descriptions of the whole dumped tree: fds that are the same description (dup,
 /// fork) get the same id, found with kcmp among fds on the same inode.
 #[derive(Default)]
 pub struct FileIds {
-    by_inode: HashMap<(u64, u64), Vec<(i32, i32, u64)>>,
+    by_inode: HashMap<(u64, u64), Vec<FdOfTree>>,
     next: u64,
     /// Pipes and memfds whose content is already saved.
     saved: HashSet<u64>,

@@ -173,8 +173,7 @@ impl OpenedFiles {
             }
             Some(fd::File::Memfd(m)) => {
                 let memfd = self.memfd(m.inode, &m.name, m.size, m.seals)?;
-                let opened = Self::reopen_fd(memfd, m.flags, m.pos, &what)?;
-                opened
+                Self::reopen_fd(memfd, m.flags, m.pos, &what)?
             }
             None => bail!("{what}: empty fd entry"),
         };
