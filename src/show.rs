@@ -840,6 +840,7 @@ mod tests {
                             fd: 0,
                             cloexec: false,
                             dup_of: None,
+                            file_id: 1,
                             file: Some(fd::File::Chardev(CharDevice {
                                 path: "/dev/null".into(),
                                 flags: 0o100000,
@@ -852,6 +853,7 @@ mod tests {
                             fd: 1,
                             cloexec: true,
                             dup_of: None,
+                            file_id: 2,
                             file: Some(fd::File::Regular(RegularFile {
                                 path: "/tmp/out".into(),
                                 flags: 0o102001,
@@ -864,6 +866,7 @@ mod tests {
                             fd: 2,
                             cloexec: false,
                             dup_of: Some(1),
+                            file_id: 2,
                             file: Some(fd::File::Regular(RegularFile {
                                 path: "/tmp/out".into(),
                                 flags: 0o102001,
@@ -960,7 +963,10 @@ mod tests {
             text.contains("     1 regular /tmp/out wronly (flags 102001) pos 12"),
             "{text}"
         );
-        assert!(text.contains(" 12 mode 100644 (dup of fd 1)\n"), "{text}");
+        assert!(
+            text.contains(" 12 mode 100644 (dup of fd 1) file 2\n"),
+            "{text}"
+        );
         assert!(text.contains("8192 bytes, 2 pages\n"), "{text}");
         assert!(!text.contains("WARNING"), "{text}");
         assert!(
