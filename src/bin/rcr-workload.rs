@@ -23,6 +23,12 @@
 //! pending signals, itimers and POSIX timers, dropped credentials, seccomp filters, rlimits,
 //! scheduling, prctl state and (with RCR_WORKLOAD_CGROUP) its own cgroup.
 //!
+//! Open files (see files.rs, which lists every fd number and value): `pipes` and
+//! `sharedfd` (a root and one child, the protocol of procs.rs), `memfd` (one process, its
+//! own flow: its maps comparison allows a memfd mapping a new inode number), `eventfd`, and,
+//! for dumps that must be refused, `unsupported` (a unix socketpair), `unsupported-signalfd`,
+//! `unsupported-timerfd`, `unsupported-epoll`, `unsupported-inotify`.
+//!
 //! At start the workload closes every fd above 2 it inherited, and calls setsid() so it is the leader of its own session and process
 //! group (set RCR_WORKLOAD_NO_SETSID=1 to keep the caller's session, e.g. for a shell job).
 
@@ -30,6 +36,8 @@
 // own directory, and files directly in src/bin/ would become binaries).
 #[path = "rcr-workload/blocking.rs"]
 mod blocking;
+#[path = "rcr-workload/files.rs"]
+mod files;
 #[path = "rcr-workload/maps.rs"]
 mod maps;
 #[path = "rcr-workload/parts.rs"]
@@ -209,6 +217,15 @@ fn setup(scenario: &str, ctx: &Ctx) -> Result<Setup, String> {
         "vector" => Wait::Vector(Box::new(vector::Vector::new(&ctx.go, 20_000_000))),
         "nanosleep" => Wait::Nanosleep(blocking::Nanosleep::new()),
         "futex" => Wait::Futex(blocking::Futex::new()),
+        "eventfd" => {
+            parts.push(Box::new(files::EventFds::new()?));
+            Wait::Poll
+        }
+        s if files::Kind::from_scenario(s).is_some() => {
+            let kind = files::Kind::from_scenario(s).expect("checked in the guard");
+            parts.push(Box::new(files::Unsupported::new(kind, ctx)?));
+            Wait::Poll
+        }
         "all" => {
             let wait = Wait::Vector(Box::new(vector::Vector::new(&ctx.go, 5_000_000_000)));
             parts.push(Box::new(parts::Memory::new(32 << 20)?));
@@ -278,7 +295,8 @@ fn compare_fds(before: &[i32], after: &[i32], chk: &mut Check) {
     }
 }
 
-/// The scenarios with more than one process or thread (they never return).
+/// The scenarios with more than one process or thread, and `memfd`: their own flows (they
+/// never return).
 type MultiRun = fn(&Ctx, &mut procs::MapsBufs, usize) -> !;
 
 fn multi_scenario(name: &str) -> Option<MultiRun> {
@@ -289,6 +307,9 @@ fn multi_scenario(name: &str) -> Option<MultiRun> {
         "threads" => |ctx, bufs, _| threads::threads(ctx, bufs),
         "manythreads" => threads::manythreads,
         "taskstate" => |ctx, bufs, _| taskstate::taskstate(ctx, bufs),
+        "pipes" => |ctx, bufs, _| files::pipes(ctx, bufs),
+        "sharedfd" => |ctx, bufs, _| files::sharedfd(ctx, bufs),
+        "memfd" => |ctx, bufs, _| files::memfd(ctx, bufs),
         _ => return None,
     })
 }

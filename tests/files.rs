@@ -1,0 +1,205 @@
+//! Open files beyond regular ones: pipes (with their data, sizes and flags, split between
+//! processes), file descriptions shared by dup and by fork, eventfds, memfds (also mapped
+//! MAP_SHARED). The workload checks every fd itself after the restore (see
+//! src/bin/rcr-workload/files.rs for the fd numbers and values). Kinds rcr does not support
+//! make the dump fail with one `rcr: ` line, leaving the task untouched.
+
+mod common;
+
+use common::{Ended, Harness, proc_maps};
+use std::fs;
+
+/// Spawn (the tree must have `procs` processes), dump (killing the tree), reap the whole
+/// tree, go, restore without --detach: rcr exits with the root's status, which must be 0,
+/// and the root printed PASS.
+fn roundtrip(name: &str, scenario: &str, procs: usize) {
+    let mut h = Harness::new(name);
+    let w = h.spawn(scenario);
+    assert_eq!(w.tree.len(), procs, "processes at ready: {:#?}", w.tree);
+    let img = h.path("img");
+    h.dump(&w, &img, &[]).assert_ok_for(&w);
+    h.reap_dumped_tree(&w);
+    w.go();
+    let r = h.restore(&w, &img, &[]);
+    r.assert_ok_for(&w);
+    assert_eq!(r.pid, Some(w.pid), "pidfile vs the original root pid");
+    w.assert_pass();
+}
+
+/// Dump with --leave-running: the tree goes on untouched and PASSes on go (so the dump
+/// consumed nothing: pipe data, eventfd counters, offsets). Then, with the originals gone,
+/// restore that image (a second run of the verification, from the state at the dump) and
+/// PASS again.
+fn leave_running_then_restore(name: &str, scenario: &str, procs: usize) {
+    let mut h = Harness::new(name);
+    let w = h.spawn(scenario);
+    assert_eq!(w.tree.len(), procs, "processes at ready: {:#?}", w.tree);
+    let img = h.path("img");
+    h.dump(&w, &img, &["--leave-running"]).assert_ok_for(&w);
+    h.assert_tree_as_at_ready(&w);
+    w.go();
+    assert_eq!(
+        h.wait_exit(&w),
+        Ended::Code(0),
+        "the original's exit status"
+    );
+    w.assert_pass();
+
+    // The root reaped its children before exiting; the restored run must write new result
+    // files and a new PASS.
+    for e in fs::read_dir(&w.dir).expect("read the workload directory") {
+        let e = e.expect("directory entry");
+        if e.file_name().to_string_lossy().starts_with("result-") {
+            fs::remove_file(e.path()).expect("remove a result file");
+        }
+    }
+    fs::write(w.dir.join("stdout"), b"").expect("truncate the workload's stdout");
+    let r = h.restore(&w, &img, &[]);
+    r.assert_ok_for(&w);
+    assert_eq!(r.pid, Some(w.pid), "pidfile vs the original root pid");
+    w.assert_pass();
+}
+
+/// Pipe A (fds 10/11, in one process, data unread, 256 KiB, write end O_NONBLOCK), pipe B
+/// (write end fd 12 in the root, read end fd 13 in the child, 100 KiB unread, 1 MiB), pipe D
+/// (read end fd 14 only, "bye" then EOF).
+#[test]
+fn pipes() {
+    roundtrip("pipes", "pipes", 2);
+}
+
+/// One description at fds 10 and 20 in the root and in its child, moved by the child's read
+/// and seen moved by the root; another description of the same file (fd 21) stays apart.
+#[test]
+fn shared_file_description() {
+    roundtrip("shared_file_description", "sharedfd", 2);
+}
+
+/// Counter 42 (O_NONBLOCK), a semaphore with counter 3, a blocking one with counter 0.
+#[test]
+fn eventfd() {
+    roundtrip("eventfd", "eventfd", 1);
+}
+
+/// A sealed memfd (name, size, content, offset, seals) mapped MAP_SHARED, and a plain one.
+#[test]
+fn memfd() {
+    roundtrip("memfd", "memfd", 1);
+}
+
+#[test]
+fn pipes_leave_running() {
+    leave_running_then_restore("pipes_leave_running", "pipes", 2);
+}
+
+#[test]
+fn shared_file_description_leave_running() {
+    leave_running_then_restore("shared_file_description_leave_running", "sharedfd", 2);
+}
+
+#[test]
+fn eventfd_leave_running() {
+    leave_running_then_restore("eventfd_leave_running", "eventfd", 1);
+}
+
+#[test]
+fn memfd_leave_running() {
+    leave_running_then_restore("memfd_leave_running", "memfd", 1);
+}
+
+/// A dump of `scenario` (an fd rcr does not support at one of `fds`) is refused with one
+/// `rcr: ` line naming the pid, one of `fds` and one of `words` (case-insensitive); no
+/// image is complete (no inventory.img); the workload runs on untouched (not stopped, not
+/// traced, same maps, the fds as before: checked by the workload) and PASSes on go.
+fn refused(name: &str, scenario: &str, fds: &[i32], words: &[&str]) {
+    let mut h = Harness::new(name);
+    let w = h.spawn(scenario);
+    let maps = proc_maps(w.pid);
+    let img = h.path("img");
+    let r = h.dump(&w, &img, &[]);
+    let line = r.assert_refused().to_string();
+    let tokens: Vec<&str> = line
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|t| !t.is_empty())
+        .collect();
+    assert!(
+        tokens.contains(&w.pid.to_string().as_str()),
+        "the message names pid {}: {line}",
+        w.pid
+    );
+    assert!(
+        fds.iter()
+            .any(|fd| tokens.contains(&fd.to_string().as_str())),
+        "the message names fd {fds:?}: {line}"
+    );
+    let lower = line.to_ascii_lowercase();
+    assert!(
+        words.iter().any(|word| lower.contains(word)),
+        "the message names the kind ({words:?}): {line}"
+    );
+    assert!(
+        !img.join("inventory.img").exists(),
+        "a refused dump left {}",
+        img.join("inventory.img").display()
+    );
+    h.assert_untouched_and_running(&w);
+    assert_eq!(
+        proc_maps(w.pid),
+        maps,
+        "/proc/PID/maps after the refused dump"
+    );
+    w.go();
+    assert_eq!(h.wait_exit(&w), Ended::Code(0), "workload exit status");
+    w.assert_pass();
+}
+
+/// A unix socketpair at fds 10 and 11.
+#[test]
+fn unsupported_kind_is_refused() {
+    refused(
+        "unsupported_kind_is_refused",
+        "unsupported",
+        &[10, 11],
+        &["socket"],
+    );
+}
+
+#[test]
+fn unsupported_signalfd_is_refused() {
+    refused(
+        "unsupported_signalfd_is_refused",
+        "unsupported-signalfd",
+        &[10],
+        &["signalfd"],
+    );
+}
+
+#[test]
+fn unsupported_timerfd_is_refused() {
+    refused(
+        "unsupported_timerfd_is_refused",
+        "unsupported-timerfd",
+        &[10],
+        &["timerfd"],
+    );
+}
+
+#[test]
+fn unsupported_epoll_is_refused() {
+    refused(
+        "unsupported_epoll_is_refused",
+        "unsupported-epoll",
+        &[10],
+        &["epoll", "eventpoll"],
+    );
+}
+
+#[test]
+fn unsupported_inotify_is_refused() {
+    refused(
+        "unsupported_inotify_is_refused",
+        "unsupported-inotify",
+        &[10],
+        &["inotify"],
+    );
+}
