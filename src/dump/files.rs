@@ -67,16 +67,32 @@ pub struct FileIds {
 }
 
 impl FileIds {
+    /// The description id of `pid`'s `fd`, and an earlier fd of the same description. The
+    /// fds of one inode are kept sorted in kcmp order, so a thousand opens of one file cost
+    /// a binary search each, not a comparison with every other.
     fn id_of(&mut self, key: (u64, u64), pid: i32, fd: i32) -> Result<(u64, Option<(i32, i32)>)> {
-        let candidates = self.by_inode.entry(key).or_default();
-        for &(other_pid, other_fd, id) in candidates.iter() {
-            if pidfd::same_open_file(other_pid, other_fd, pid, fd)? {
-                return Ok((id, Some((other_pid, other_fd))));
+        let sorted = self.by_inode.entry(key).or_default();
+        let mut error = None;
+        let found = sorted.binary_search_by(|&(other_pid, other_fd, _)| {
+            pidfd::compare_open_files(other_pid, other_fd, pid, fd).unwrap_or_else(|e| {
+                error.get_or_insert(e);
+                std::cmp::Ordering::Less
+            })
+        });
+        if let Some(err) = error {
+            return Err(err).with_context(|| format!("pid {pid} fd {fd}: kcmp"));
+        }
+        match found {
+            Ok(index) => {
+                let (other_pid, other_fd, id) = sorted[index];
+                Ok((id, Some((other_pid, other_fd))))
+            }
+            Err(index) => {
+                self.next += 1;
+                sorted.insert(index, (pid, fd, self.next));
+                Ok((self.next, None))
             }
         }
-        self.next += 1;
-        candidates.push((pid, fd, self.next));
-        Ok((self.next, None))
     }
 }
 

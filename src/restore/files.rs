@@ -54,9 +54,11 @@ pub struct OpenedFiles {
     floor: i32,
     images: std::path::PathBuf,
     by_id: HashMap<u64, OwnedFd>,
-    pipes: HashMap<u64, (OwnedFd, OwnedFd)>,
+    pipes: HashMap<u64, (Option<OwnedFd>, Option<OwnedFd>)>,
     memfds: HashMap<u64, OwnedFd>,
     held: Vec<OwnedFd>,
+    /// Descriptions that only one process of the tree has (they may be placed in place).
+    single_process: std::collections::HashSet<u64>,
 }
 
 impl OpenedFiles {
@@ -68,7 +70,24 @@ impl OpenedFiles {
             pipes: HashMap::new(),
             memfds: HashMap::new(),
             held: Vec::new(),
+            single_process: Default::default(),
         }
+    }
+
+    /// Notes which descriptions only one process uses, from every process' fds.
+    pub fn count_users<'a>(&mut self, all: impl Iterator<Item = &'a Fds>) {
+        let mut users: HashMap<u64, usize> = HashMap::new();
+        for fds in all {
+            let ids: std::collections::HashSet<u64> = fds.fds.iter().map(|f| f.file_id).collect();
+            for id in ids {
+                *users.entry(id).or_default() += 1;
+            }
+        }
+        self.single_process = users
+            .into_iter()
+            .filter(|&(id, count)| id != 0 && count == 1)
+            .map(|(id, _)| id)
+            .collect();
     }
 
     /// Creates every pipe of the tree with its size and unread data.
@@ -93,7 +112,7 @@ impl OpenedFiles {
             }
             let read = hold_above(read, self.floor)?;
             let write = hold_above(write, self.floor)?;
-            self.pipes.insert(pipe.inode, (read, write));
+            self.pipes.insert(pipe.inode, (Some(read), Some(write)));
         }
         Ok(())
     }
@@ -147,10 +166,19 @@ impl OpenedFiles {
             Some(fd::File::Regular(f)) => reopen(&f.path, f.flags, f.pos, &what)?,
             Some(fd::File::Chardev(c)) => reopen(&c.path, c.flags, c.pos, &what)?,
             Some(fd::File::Pipe(p)) => {
-                let Some((read, write)) = self.pipes.get(&p.inode) else {
+                let Some((read, write)) = self.pipes.get_mut(&p.inode) else {
                     bail!("{what}: pipe:[{}] has no saved state", p.inode);
                 };
-                let end = if p.write_end { write } else { read }.try_clone()?;
+                // The first description of each end takes rcr's own; a second description of
+                // the same end (opened again through /proc) gets a copy.
+                let end = if p.write_end { write } else { read };
+                let end = match end.take() {
+                    Some(end) => end,
+                    None => bail!(
+                        "{what}: a second description of one end of pipe:[{}] is not supported",
+                        p.inode
+                    ),
+                };
                 let flags = OFlag::from_bits_truncate(p.flags as i32)
                     & (OFlag::O_NONBLOCK | OFlag::O_DIRECT | OFlag::O_ASYNC);
                 fcntl(end.as_fd(), FcntlArg::F_SETFL(flags))?;
@@ -177,7 +205,18 @@ impl OpenedFiles {
             }
             None => bail!("{what}: empty fd entry"),
         };
-        let opened = hold_above(opened, self.floor)?;
+        // A description only this process uses goes straight to its own number when that is
+        // free here: rcr then needs no second fd for it (a process with N fds fits under an
+        // open-file limit near N, not 2N), and the new process finds it in place.
+        let in_place = if entry.file_id != 0 && self.single_process.contains(&entry.file_id) {
+            crate::sys::fd::dup_at_if_free(&opened, entry.fd)?
+        } else {
+            None
+        };
+        let opened = match in_place {
+            Some(placed) => placed,
+            None => hold_above(opened, self.floor)?,
+        };
         let raw = opened.as_raw_fd();
         if entry.file_id != 0 {
             self.by_id.insert(entry.file_id, opened);

@@ -362,7 +362,9 @@ fn restore_tree(images: &ImageDir, processes: &[ProcessImages], pidns: bool) -> 
         if let Some(live) = &process.images {
             mm::check_specials(process.entry.pid, &live.mm.vmas, &current_layout)?;
             let (services, mapped) = plan_services(live);
-            floor = floor.max(services.last + 16);
+            // rcr holds every description of the tree above this: no slack to waste, a
+            // process with N fds needs about 2N under the open-file limit.
+            floor = floor.max(services.last + 1);
             all_services.push(Some((services, mapped)));
         } else {
             all_services.push(None);
@@ -390,6 +392,12 @@ fn restore_tree(images: &ImageDir, processes: &[ProcessImages], pidns: bool) -> 
     }
 
     let mut opened = files::OpenedFiles::new(images, floor);
+    opened.count_users(
+        processes
+            .iter()
+            .filter_map(|p| p.images.as_ref())
+            .map(|l| &l.fds),
+    );
     opened.create_pipes(
         processes
             .iter()

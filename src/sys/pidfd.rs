@@ -26,7 +26,22 @@ const KCMP_FILE: i32 = 0;
 /// Whether fd `a` of process `pid_a` and fd `b` of `pid_b` are the same open file description
 /// (kcmp KCMP_FILE).
 pub fn same_open_file(pid_a: i32, a: i32, pid_b: i32, b: i32) -> io::Result<bool> {
+    Ok(compare_open_files(pid_a, a, pid_b, b)? == std::cmp::Ordering::Equal)
+}
+
+/// kcmp's order of two open file descriptions (consistent within a boot, meaningless
+/// otherwise): lets rcr sort descriptions and find equal ones in O(log n).
+pub fn compare_open_files(
+    pid_a: i32,
+    a: i32,
+    pid_b: i32,
+    b: i32,
+) -> io::Result<std::cmp::Ordering> {
     // SAFETY: kcmp takes only integers.
     let ret = check(unsafe { libc::syscall(libc::SYS_kcmp, pid_a, pid_b, KCMP_FILE, a, b) })?;
-    Ok(ret == 0)
+    Ok(match ret {
+        0 => std::cmp::Ordering::Equal,
+        1 => std::cmp::Ordering::Less,
+        _ => std::cmp::Ordering::Greater,
+    })
 }
