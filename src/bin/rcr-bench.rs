@@ -4,7 +4,8 @@
 //! at best do).
 //!
 //!     rcr-bench [--dir DIR] [SIZE_MIB...]        default: /dev/shm, 64 1024 4096
-//!     rcr-bench --procs N,N.. | --threads N,N..  dump/restore time by processes or threads
+//!     rcr-bench --procs N,N.. | --threads N,N.. | --fds N,N..
+//!                                                 dump/restore time by processes, threads, fds
 //!     rcr-bench hold SIZE_MIB READY_FILE [PROCS THREADS]   (internal) the workload
 
 use std::fs;
@@ -28,7 +29,39 @@ fn fill(buf: &mut [u8], seed: u64) {
 
 /// The workload: SIZE MiB of pseudo-random private memory, PROCS-1 idle child processes and
 /// THREADS-1 idle threads, then sleep until killed.
-fn hold(mib: usize, ready: &Path, procs: usize, threads: usize) -> Result<()> {
+/// `count` open fds of mixed kinds: a quarter each regular files, pipe ends (half pipes),
+/// eventfds and /dev/null.
+fn open_fds(count: usize) -> Result<Vec<std::os::fd::OwnedFd>> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if count == 0 {
+        return Ok(Vec::new());
+    }
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    let me = std::env::current_exe()?;
+    let mut fds: Vec<std::os::fd::OwnedFd> = Vec::with_capacity(count);
+    while fds.len() < count {
+        match fds.len() % 4 {
+            0 => fds.push(fs::File::open(&me)?.into()),
+            1 => {
+                let (read, write) = nix::unistd::pipe()?;
+                fds.push(read);
+                fds.push(write);
+            }
+            2 => fds.push(
+                nix::sys::eventfd::EventFd::from_value_and_flags(
+                    fds.len() as u32,
+                    nix::sys::eventfd::EfdFlags::empty(),
+                )?
+                .into(),
+            ),
+            _ => fds.push(fs::File::open("/dev/null")?.into()),
+        }
+    }
+    Ok(fds)
+}
+
+fn hold(mib: usize, ready: &Path, procs: usize, threads: usize, fds: usize) -> Result<()> {
     rcr::sys::child::close_range(3, u32::MAX)?;
     let mut memory = AnonMapping::new(mib << 20)?;
     fill(memory.as_mut_slice(), 0x5eed);
@@ -48,6 +81,7 @@ fn hold(mib: usize, ready: &Path, procs: usize, threads: usize) -> Result<()> {
             }
         });
     }
+    let _fds = open_fds(fds)?;
     // Ready once every child is asleep (its own thread only, state S).
     let deadline = Instant::now() + Duration::from_secs(60);
     while rcr::dump::tree::children(std::process::id() as i32).len() + 1 < procs
@@ -152,7 +186,7 @@ fn reap_all() {
 }
 
 fn sample(rcr: &Path, me: &Path, dir: &Path, mib: usize) -> Result<Sample> {
-    sample_tree(rcr, me, dir, mib, 1, 1)
+    sample_tree(rcr, me, dir, mib, (1, 1, 0))
 }
 
 fn sample_tree(
@@ -160,15 +194,14 @@ fn sample_tree(
     me: &Path,
     dir: &Path,
     mib: usize,
-    procs: usize,
-    threads: usize,
+    (procs, threads, fds): (usize, usize, usize),
 ) -> Result<Sample> {
     let ready = dir.join("ready");
     let _ = fs::remove_file(&ready);
     let mut child = Command::new(me)
         .args(["hold", &mib.to_string()])
         .arg(&ready)
-        .args([procs.to_string(), threads.to_string()])
+        .args([procs.to_string(), threads.to_string(), fds.to_string()])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -269,10 +302,14 @@ fn bench_counts(rcr: &Path, me: &Path, base: &Path, what: &str, counts: &[usize]
     fs::create_dir_all(&dir)?;
     let mut first: Option<(f64, f64)> = None;
     for &n in counts {
-        let (procs, threads) = if what == "procs" { (n, 1) } else { (1, n) };
+        let shape = match what {
+            "procs" => (n, 1, 0),
+            "threads" => (1, n, 0),
+            _ => (1, 1, n),
+        };
         let mut samples = Vec::new();
         for _ in 0..RUNS {
-            samples.push(sample_tree(rcr, me, &dir, 1, procs, threads)?);
+            samples.push(sample_tree(rcr, me, &dir, 1, shape)?);
         }
         let dump_ms = median(samples.iter().map(|s| s.dump_ms).collect());
         let restore_ms = median(samples.iter().map(|s| s.restore_ms).collect());
@@ -293,7 +330,14 @@ fn main() -> Result<()> {
     match args.get(1).map(String::as_str) {
         Some("hold") => {
             let count = |i: usize| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(1);
-            return hold(args[2].parse()?, Path::new(&args[3]), count(4), count(5));
+            let fds = args.get(6).and_then(|a| a.parse().ok()).unwrap_or(0);
+            return hold(
+                args[2].parse()?,
+                Path::new(&args[3]),
+                count(4),
+                count(5),
+                fds,
+            );
         }
         Some("idle") => {
             rcr::sys::child::close_range(3, u32::MAX)?;
@@ -313,8 +357,8 @@ fn main() -> Result<()> {
     while let Some(arg) = rest.next() {
         if arg == "--dir" {
             base = PathBuf::from(rest.next().context("--dir DIR")?);
-        } else if arg == "--procs" || arg == "--threads" {
-            let list = rest.next().context("--procs/--threads N,N...")?;
+        } else if arg == "--procs" || arg == "--threads" || arg == "--fds" {
+            let list = rest.next().context("--procs/--threads/--fds N,N...")?;
             let numbers = list
                 .split(',')
                 .map(str::parse)
