@@ -522,6 +522,12 @@ fn text_fds(out: &mut String, pid: u32, fds: &Fds) {
                 m.size,
                 m.seals
             ),
+            Some(fd::File::Signalfd(sfd)) => format!("signalfd mask {:#x}", sfd.mask),
+            Some(fd::File::Timerfd(t)) => format!(
+                "timerfd clock {} left {} ns interval {} ns",
+                t.clock, t.value_ns, t.interval_ns
+            ),
+            Some(fd::File::Epoll(e)) => format!("epoll with {} targets", e.targets.len()),
             None => "unknown file type".to_owned(),
         };
         let _ = writeln!(out, "  {:>4} {what}{cloexec}{dup} file {}", f.fd, f.file_id);

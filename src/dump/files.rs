@@ -11,7 +11,10 @@ use anyhow::{Context, Result, bail};
 use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl};
 
 use crate::image::ImageDir;
-use crate::image::proto::{CharDevice, EventFd, Fd, Fds, MemFd, Pipe, RegularFile, fd};
+use crate::image::proto::{
+    CharDevice, Epoll, EpollTarget, EventFd, Fd, Fds, MemFd, Pipe, RegularFile, SignalFd, TimerFd,
+    fd,
+};
 use crate::sys::pidfd;
 
 /// Character devices that are the same on every machine: (major, minor).
@@ -132,6 +135,59 @@ fn pipe_data(pid: i32, fd: i32) -> Result<(u32, Vec<u8>)> {
     Ok((size, data))
 }
 
+/// "(sec, nsec)" of timerfd fdinfo, in ns.
+fn pair_ns(text: &str) -> Option<u64> {
+    let inner = text.trim().strip_prefix('(')?.strip_suffix(')')?;
+    let (sec, nsec) = inner.split_once(',')?;
+    Some(sec.trim().parse::<u64>().ok()? * 1_000_000_000 + nsec.trim().parse::<u64>().ok()?)
+}
+
+fn timerfd_of(pid: i32, fd: i32, info: &FdInfo, flags: u32) -> Result<TimerFd> {
+    let missing = || format!("pid {pid} fd {fd}: unreadable timerfd fdinfo");
+    Ok(TimerFd {
+        clock: info
+            .field("clockid:")
+            .and_then(|v| v.parse().ok())
+            .with_context(missing)?,
+        flags,
+        value_ns: info
+            .field("it_value:")
+            .and_then(pair_ns)
+            .with_context(missing)?,
+        interval_ns: info
+            .field("it_interval:")
+            .and_then(pair_ns)
+            .with_context(missing)?,
+        ticks: info
+            .field("ticks:")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+    })
+}
+
+/// Registrations from epoll fdinfo lines "tfd: N events: HEX data: HEX ...".
+fn epoll_of(pid: i32, fd: i32, info: &FdInfo, flags: u32) -> Result<Epoll> {
+    let mut targets = Vec::new();
+    for line in info.text.lines().filter(|l| l.starts_with("tfd:")) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let value = |key: &str| {
+            words
+                .iter()
+                .position(|w| *w == key)
+                .and_then(|i| words.get(i + 1).copied())
+        };
+        let parsed = (|| {
+            Some(EpollTarget {
+                fd: value("tfd:")?.parse().ok()?,
+                events: u32::from_str_radix(value("events:")?, 16).ok()?,
+                data: u64::from_str_radix(value("data:")?, 16).ok()?,
+            })
+        })();
+        targets.push(parsed.with_context(|| format!("pid {pid} fd {fd}: epoll line {line:?}"))?);
+    }
+    Ok(Epoll { flags, targets })
+}
+
 /// A memfd's name from its link ("/memfd:NAME (deleted)").
 fn memfd_name(link: &str) -> Option<&str> {
     link.strip_prefix("/memfd:")?.strip_suffix(" (deleted)")
@@ -239,6 +295,16 @@ pub fn collect(pid: i32, images: &ImageDir, ids: &mut FileIds) -> Result<Fds> {
                 flags,
                 semaphore: info.field("eventfd-semaphore:") == Some("1"),
             })
+        } else if link == "anon_inode:[signalfd]" {
+            let mask = info
+                .field("sigmask:")
+                .and_then(|v| u64::from_str_radix(v, 16).ok())
+                .with_context(|| format!("pid {pid} fd {fd}: signalfd without a mask"))?;
+            fd::File::Signalfd(SignalFd { mask, flags })
+        } else if link == "anon_inode:[timerfd]" {
+            fd::File::Timerfd(timerfd_of(pid, fd, &info, flags)?)
+        } else if link == "anon_inode:[eventpoll]" {
+            fd::File::Epoll(epoll_of(pid, fd, &info, flags)?)
         } else {
             let kind = if link.starts_with("socket:") {
                 "socket"

@@ -203,6 +203,21 @@ impl OpenedFiles {
                 let memfd = self.memfd(m.inode, &m.name, m.size, m.seals)?;
                 Self::reopen_fd(memfd, m.flags, m.pos, &what)?
             }
+            Some(fd::File::Signalfd(sfd)) => {
+                let flags = (sfd.flags as i32 & libc::O_NONBLOCK) | libc::O_CLOEXEC;
+                crate::sys::fd::signalfd(sfd.mask, flags)
+                    .with_context(|| format!("{what}: signalfd"))?
+            }
+            Some(fd::File::Timerfd(t)) => {
+                let flags = (t.flags as i32 & libc::O_NONBLOCK) | libc::O_CLOEXEC;
+                crate::sys::fd::timerfd(t.clock, flags, t.value_ns, t.interval_ns)
+                    .with_context(|| format!("{what}: timerfd"))?
+            }
+            // Its registrations are made by the process itself once its fds are in place
+            // (see task::restore_in_task): an epoll item is keyed by the fd number.
+            Some(fd::File::Epoll(_)) => {
+                crate::sys::fd::epoll(libc::O_CLOEXEC).with_context(|| format!("{what}: epoll"))?
+            }
             None => bail!("{what}: empty fd entry"),
         };
         // A description only this process uses goes straight to its own number when that is
@@ -263,4 +278,30 @@ impl OpenedFiles {
         self.held.push(fd);
         Ok(raw)
     }
+}
+
+const EPOLL_CTL_ADD: u64 = 1;
+
+/// The process registers every epoll target itself (its fds are in place by then). An epoll
+/// description shared by several processes would be registered twice (EEXIST): not
+/// supported yet, and it fails visibly.
+pub fn restore_epoll_targets(steps: &mut super::steps::Steps, fds: &Fds) -> Result<()> {
+    for entry in &fds.fds {
+        let Some(fd::File::Epoll(epoll)) = &entry.file else {
+            continue;
+        };
+        for target in &epoll.targets {
+            steps.room(1, 16)?;
+            // struct epoll_event is packed on x86_64: u32 events, u64 data.
+            let mut event = target.events.to_le_bytes().to_vec();
+            event.extend_from_slice(&target.data.to_le_bytes());
+            let event = steps.put(&event);
+            steps.add(
+                format!("epoll_ctl({}, ADD, {})", entry.fd, target.fd),
+                libc::SYS_epoll_ctl,
+                &[entry.fd as u64, EPOLL_CTL_ADD, target.fd as u64, event],
+            );
+        }
+    }
+    Ok(())
 }

@@ -48,7 +48,11 @@ pub fn regs_from_proto(r: &UserRegs, base: &Regs) -> Regs {
 }
 
 /// The process-wide state, set from inside after its memory is in place.
-pub fn restore_in_task(steps: &mut Steps, core: &TaskCore) -> Result<()> {
+pub fn restore_in_task(
+    steps: &mut Steps,
+    core: &TaskCore,
+    fds: &crate::image::proto::Fds,
+) -> Result<()> {
     for action in &core.sigactions {
         steps.room(1, 32)?;
         let act = steps.put_u64s(&[action.handler, action.flags, action.restorer, action.mask]);
@@ -61,6 +65,7 @@ pub fn restore_in_task(steps: &mut Steps, core: &TaskCore) -> Result<()> {
     if let Some(limits) = &core.limits {
         super::limits::restore_process(steps, limits)?;
     }
+    super::files::restore_epoll_targets(steps, fds)?;
     if let Some(signals) = &core.signals {
         super::signals::restore_shared(steps, signals, core.pid)?;
     }

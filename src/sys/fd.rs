@@ -25,3 +25,46 @@ pub fn dup_at_if_free(fd: &impl AsRawFd, target: i32) -> io::Result<Option<Owned
         Ok(None)
     }
 }
+
+fn owned(fd: libc::c_long) -> io::Result<OwnedFd> {
+    let fd = check(fd)?;
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// signalfd(-1, mask, flags): a new signalfd for the signals of `mask` (bit n-1 = signal n).
+pub fn signalfd(mask: u64, flags: i32) -> io::Result<OwnedFd> {
+    // SAFETY: the kernel reads 8 bytes of mask from a live u64.
+    owned(unsafe { libc::syscall(libc::SYS_signalfd4, -1, &mask as *const u64, 8, flags) })
+}
+
+/// A timerfd on `clock`, armed to fire in `value_ns` (0: disarmed) and every `interval_ns`.
+pub fn timerfd(clock: i32, flags: i32, value_ns: u64, interval_ns: u64) -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall with integer arguments.
+    let fd = owned(unsafe { libc::syscall(libc::SYS_timerfd_create, clock, flags) })?;
+    let spec = |ns: u64| libc::timespec {
+        tv_sec: (ns / 1_000_000_000) as libc::time_t,
+        tv_nsec: (ns % 1_000_000_000) as libc::c_long,
+    };
+    let its = libc::itimerspec {
+        it_interval: spec(interval_ns),
+        it_value: spec(value_ns),
+    };
+    // SAFETY: the kernel reads a live itimerspec.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_timerfd_settime,
+            fd.as_raw_fd(),
+            0,
+            &its as *const libc::itimerspec,
+            std::ptr::null_mut::<libc::itimerspec>(),
+        )
+    })?;
+    Ok(fd)
+}
+
+/// A new, empty epoll instance.
+pub fn epoll(flags: i32) -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall with an integer argument.
+    owned(unsafe { libc::syscall(libc::SYS_epoll_create1, flags) })
+}
