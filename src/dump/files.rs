@@ -335,3 +335,47 @@ pub fn collect(pid: i32, images: &ImageDir, ids: &mut FileIds) -> Result<Fds> {
         root: link("root")?,
     })
 }
+
+/// File locks are not restored yet: a tree holding one is refused rather than dumped without
+/// it. A lock belongs to the tree when its pid is one of the tree's, or (OFD locks, pid -1)
+/// when it is on an inode one of the tree's fds has open.
+pub fn refuse_locks(pids: &[i32]) -> Result<()> {
+    let Ok(text) = fs::read_to_string("/proc/locks") else {
+        return Ok(());
+    };
+    let mut inodes: HashMap<u64, (i32, i32)> = HashMap::new();
+    for &pid in pids {
+        let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        for entry in dir.flatten() {
+            if let (Ok(meta), Some(fd)) = (
+                fs::metadata(entry.path()),
+                entry.file_name().to_str().and_then(|n| n.parse().ok()),
+            ) {
+                inodes.entry(meta.ino()).or_insert((pid, fd));
+            }
+        }
+    }
+    for line in text.lines() {
+        let words: Vec<&str> = line.split_whitespace().filter(|w| *w != "->").collect();
+        // "1: POSIX ADVISORY WRITE PID MAJ:MIN:INODE START END"
+        let (Some(kind), Some(owner), Some(file)) = (words.get(1), words.get(4), words.get(5))
+        else {
+            continue;
+        };
+        let owner: i32 = owner.parse().unwrap_or(0);
+        let inode: u64 = file
+            .rsplit(':')
+            .next()
+            .and_then(|i| i.parse().ok())
+            .unwrap_or(0);
+        let Some(&(pid, fd)) = inodes.get(&inode) else {
+            continue;
+        };
+        if pids.contains(&owner) || owner == -1 {
+            bail!("pid {pid} fd {fd}: holds a {kind} file lock: file locks are not supported yet");
+        }
+    }
+    Ok(())
+}

@@ -92,6 +92,8 @@ pub fn dump(options: &DumpOptions) -> Result<DumpStats> {
 fn dump_frozen(frozen: &mut tree::Frozen, images: &ImageDir) -> Result<DumpStats> {
     frozen.mask_signals(crate::parasite::PARASITE_SIGMASK)?;
     fault_point("after-seize")?;
+    let pids: Vec<i32> = frozen.processes.iter().map(|p| p.pid).collect();
+    files::refuse_locks(&pids)?;
     let mut stats = DumpStats::default();
     let mut file_ids = files::FileIds::default();
     for process in frozen.processes.iter().filter(|p| p.zombie.is_none()) {
