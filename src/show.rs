@@ -96,8 +96,11 @@ pub fn load(dir: &Path) -> Result<ImageSet> {
                 .with_context(|| format!("{name}: cannot stat"))?
                 .len();
             set.processes.entry(pid).or_default().pages_bytes = Some(size);
-        } else if name.starts_with("memfd-") && name.ends_with(".img") {
-            // Raw memfd content, described by the fds and mm images that name its inode.
+        } else if (name.starts_with("memfd-") || name.starts_with("unlinked-"))
+            && name.ends_with(".img")
+        {
+            // Raw memfd or unlinked-file content, described by the fds and mm images that
+            // name its inode.
         } else {
             set.skipped.push(name);
         }
@@ -866,6 +869,7 @@ mod tests {
                                 pos: 12,
                                 size: 12,
                                 mode: 0o100644,
+                                ..Default::default()
                             })),
                         },
                         Fd {
@@ -879,6 +883,7 @@ mod tests {
                                 pos: 12,
                                 size: 12,
                                 mode: 0o100644,
+                                ..Default::default()
                             })),
                         },
                     ],

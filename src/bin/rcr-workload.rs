@@ -221,6 +221,10 @@ fn setup(scenario: &str, ctx: &Ctx) -> Result<Setup, String> {
             parts.push(Box::new(files::EventFds::new()?));
             Wait::Poll
         }
+        "unlinked" => {
+            parts.push(Box::new(files::Unlinked::new(ctx)?));
+            Wait::Poll
+        }
         s if files::Kind::from_scenario(s).is_some() => {
             let kind = files::Kind::from_scenario(s).expect("checked in the guard");
             parts.push(Box::new(files::Unsupported::new(kind, ctx)?));

@@ -243,15 +243,28 @@ pub fn collect(pid: i32, images: &ImageDir, ids: &mut FileIds) -> Result<Fds> {
                 seals,
             })
         } else if (file_type.is_file() || file_type.is_dir()) && link.starts_with('/') {
-            if link.ends_with(" (deleted)") {
-                bail!("pid {pid} fd {fd}: unlinked file {link} is not supported yet");
+            let unlinked = link.ends_with(" (deleted)") && meta.nlink() == 0;
+            if unlinked {
+                if file_type.is_dir() {
+                    bail!("pid {pid} fd {fd}: removed directory {link} is not supported");
+                }
+                if ids.saved.insert(meta.ino()) {
+                    let mut source = File::open(&proc_path)
+                        .with_context(|| format!("pid {pid} fd {fd}: reading {link}"))?;
+                    let mut out = crate::image::create_private(
+                        &images.path().join(format!("unlinked-{}.img", meta.ino())),
+                    )?;
+                    std::io::copy(&mut source, &mut out)?;
+                }
             }
             fd::File::Regular(RegularFile {
-                path: link,
+                path: link.trim_end_matches(" (deleted)").to_owned(),
                 flags,
                 pos: info.pos,
                 size: meta.size(),
                 mode: meta.mode(),
+                unlinked,
+                inode: meta.ino(),
             })
         } else if file_type.is_char_device() {
             let (major, minor) = (libc::major(meta.rdev()), libc::minor(meta.rdev()));

@@ -15,7 +15,7 @@ use nix::sys::memfd::MFdFlags;
 use nix::unistd::{Whence, lseek};
 
 use crate::image::ImageDir;
-use crate::image::proto::{Fd, Fds, fd};
+use crate::image::proto::{Fd, Fds, RegularFile, fd};
 
 /// One fd to place in the child: `src` (held by rcr, inherited) goes to `dst`.
 #[derive(Debug, Clone, Copy)]
@@ -56,6 +56,7 @@ pub struct OpenedFiles {
     by_id: HashMap<u64, OwnedFd>,
     pipes: HashMap<u64, (Option<OwnedFd>, Option<OwnedFd>)>,
     memfds: HashMap<u64, OwnedFd>,
+    unlinked: HashMap<u64, OwnedFd>,
     held: Vec<OwnedFd>,
     /// Descriptions that only one process of the tree has (they may be placed in place).
     single_process: std::collections::HashSet<u64>,
@@ -69,6 +70,7 @@ impl OpenedFiles {
             by_id: HashMap::new(),
             pipes: HashMap::new(),
             memfds: HashMap::new(),
+            unlinked: HashMap::new(),
             held: Vec::new(),
             single_process: Default::default(),
         }
@@ -144,6 +146,52 @@ impl OpenedFiles {
         Ok(&self.memfds[&inode])
     }
 
+    /// A file with the content an unlinked file had and no name, in the directory it was in
+    /// (or, if that is gone, the image directory). One per dumped inode.
+    fn unlinked(&mut self, f: &RegularFile) -> Result<&OwnedFd> {
+        if !self.unlinked.contains_key(&f.inode) {
+            let content = self.images.join(format!("unlinked-{}.img", f.inode));
+            let mut source = std::fs::File::open(&content)
+                .with_context(|| format!("cannot open {}", content.display()))?;
+            let dir = std::path::Path::new(&f.path)
+                .parent()
+                .filter(|d| d.is_dir())
+                .unwrap_or(&self.images)
+                .to_owned();
+            // Under its old name, removed at once, the fd shows what it showed at the dump
+            // ("NAME (deleted)"); if that name is taken now, an O_TMPFILE in the same place.
+            let mut file = match OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .mode(f.mode & 0o7777)
+                .open(&f.path)
+            {
+                Ok(file) => {
+                    std::fs::remove_file(&f.path)?;
+                    file
+                }
+                Err(_) => OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .custom_flags(libc::O_TMPFILE)
+                    .mode(f.mode & 0o7777)
+                    .open(&dir)
+                    .with_context(|| {
+                        format!("cannot create an unnamed file in {}", dir.display())
+                    })?,
+            };
+            // The mode exactly, whatever rcr's umask took away.
+            file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(
+                f.mode & 0o7777,
+            ))?;
+            std::io::copy(&mut source, &mut file)?;
+            let held = hold_above(file.into(), self.floor)?;
+            self.unlinked.insert(f.inode, held);
+        }
+        Ok(&self.unlinked[&f.inode])
+    }
+
     /// A new description of the file behind `fd`, opened through /proc with `flags`.
     fn reopen_fd(fd: &OwnedFd, flags: u32, pos: u64, what: &str) -> Result<OwnedFd> {
         reopen(
@@ -163,6 +211,12 @@ impl OpenedFiles {
         }
         let what = format!("pid {pid} fd {}", entry.fd);
         let opened = match &entry.file {
+            Some(fd::File::Regular(f)) if f.unlinked => {
+                let file = self
+                    .unlinked(f)
+                    .with_context(|| format!("{what}: {} (deleted)", f.path))?;
+                Self::reopen_fd(file, f.flags, f.pos, &what)?
+            }
             Some(fd::File::Regular(f)) => reopen(&f.path, f.flags, f.pos, &what)?,
             Some(fd::File::Chardev(c)) => reopen(&c.path, c.flags, c.pos, &what)?,
             Some(fd::File::Pipe(p)) => {

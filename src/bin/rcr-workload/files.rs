@@ -1461,3 +1461,98 @@ impl crate::parts::Part for Unsupported {
         self.verify_kind(chk);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// `unlinked`: a file opened at fd 20 (O_RDWR, mode 0640) and dup'ed to fd 21, written, its
+// offset at 3, then its name removed. After the restore: the same content, no name (nlink
+// 0, link ends in " (deleted)"), the same mode, and one offset shared by both fds.
+
+const UNLINKED: i32 = 20;
+const UNLINKED_DUP: i32 = 21;
+const UNLINKED_DATA: &[u8] = b"unlinked content, kept by rcr";
+
+pub struct Unlinked {
+    before: [FdSnap; 2],
+}
+
+impl Unlinked {
+    pub fn new(ctx: &Ctx) -> Result<Unlinked, String> {
+        let path = ctx.path("unlinked.txt");
+        // SAFETY: open/write/lseek/unlink on a path and fds this scenario owns.
+        unsafe {
+            let fd = libc::open(
+                path.as_ptr(),
+                libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC,
+                0o640,
+            );
+            if fd < 0 {
+                return Err(format!("open unlinked.txt: errno {}", errno()));
+            }
+            place(fd, UNLINKED, false)?;
+            sys::write_all(UNLINKED, UNLINKED_DATA).map_err(|e| format!("write: errno {e}"))?;
+            if libc::lseek(UNLINKED, 3, libc::SEEK_SET) != 3 {
+                return Err(format!("lseek: errno {}", errno()));
+            }
+            if libc::dup2(UNLINKED, UNLINKED_DUP) != UNLINKED_DUP {
+                return Err(format!("dup2: errno {}", errno()));
+            }
+            if libc::unlink(path.as_ptr()) != 0 {
+                return Err(format!("unlink: errno {}", errno()));
+            }
+        }
+        Ok(Unlinked {
+            before: [FdSnap::EMPTY; 2],
+        })
+    }
+}
+
+impl crate::parts::Part for Unlinked {
+    fn before_ready(&mut self) {
+        self.before = snaps([UNLINKED, UNLINKED_DUP]);
+    }
+
+    fn verify(&mut self, chk: &mut Check) {
+        verify_snaps("unlinked", &self.before, chk);
+        let mut buf = [0u8; 5];
+        match read_once(UNLINKED, &mut buf) {
+            Ok(5) if buf == UNLINKED_DATA[3..8] => {}
+            got => fail!(
+                chk,
+                "unlinked fd {UNLINKED}: read at offset 3 gave {got:?} {buf:?}"
+            ),
+        }
+        // SAFETY: lseek, fstat and pread on fds this scenario owns, into live buffers.
+        unsafe {
+            let shared = libc::lseek(UNLINKED_DUP, 0, libc::SEEK_CUR);
+            if shared != 8 {
+                fail!(
+                    chk,
+                    "unlinked fd {UNLINKED_DUP}: offset {shared}, expected 8 (shared)"
+                );
+            }
+            let mut st: libc::stat = std::mem::zeroed();
+            if libc::fstat(UNLINKED, &mut st) != 0 {
+                fail!(chk, "unlinked: fstat: errno {}", errno());
+            } else {
+                if st.st_nlink != 0 {
+                    fail!(chk, "unlinked: nlink {}, expected 0", st.st_nlink);
+                }
+                if st.st_mode & 0o7777 != 0o640 {
+                    fail!(
+                        chk,
+                        "unlinked: mode {:o}, expected 640",
+                        st.st_mode & 0o7777
+                    );
+                }
+                if st.st_size as usize != UNLINKED_DATA.len() {
+                    fail!(chk, "unlinked: size {}", st.st_size);
+                }
+            }
+            let mut all = [0u8; 64];
+            let n = libc::pread(UNLINKED, all.as_mut_ptr().cast(), all.len(), 0);
+            if n < 0 || &all[..n as usize] != UNLINKED_DATA {
+                fail!(chk, "unlinked: content {:?}", &all[..n.max(0) as usize]);
+            }
+        }
+    }
+}
