@@ -842,6 +842,7 @@ mod tests {
                 Kind::Fds,
                 Some(PID),
                 &Fds {
+                    locks: Vec::new(),
                     cwd: "/".into(),
                     root: "/".into(),
                     fds: vec![

@@ -167,6 +167,12 @@ fn unsupported_kind_is_refused() {
 /// signalfd, timerfd and epoll are restored now: the workloads that once had to be refused
 /// check after the restore that each fd is as before (link, flags, fdinfo, except the
 /// timerfd's time left) and still works (the timer is still armed).
+/// flock, POSIX and OFD locks are held again after the restore.
+#[test]
+fn file_locks() {
+    roundtrip("file_locks", "locks", 1);
+}
+
 /// A file whose name was removed: content, mode, no name, one offset for two fds.
 #[test]
 fn unlinked_file() {

@@ -12,8 +12,8 @@ use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl};
 
 use crate::image::ImageDir;
 use crate::image::proto::{
-    CharDevice, Epoll, EpollTarget, EventFd, Fd, Fds, MemFd, Pipe, RegularFile, SignalFd, TimerFd,
-    fd,
+    CharDevice, Epoll, EpollTarget, EventFd, Fd, Fds, FileLock, LockKind, MemFd, Pipe, RegularFile,
+    SignalFd, TimerFd, fd,
 };
 use crate::sys::pidfd;
 
@@ -346,49 +346,80 @@ pub fn collect(pid: i32, images: &ImageDir, ids: &mut FileIds) -> Result<Fds> {
         fds,
         cwd: link("cwd")?,
         root: link("root")?,
+        locks: Vec::new(),
     })
 }
 
-/// File locks are not restored yet: a tree holding one is refused rather than dumped without
-/// it. A lock belongs to the tree when its pid is one of the tree's, or (OFD locks, pid -1)
-/// when it is on an inode one of the tree's fds has open.
-pub fn refuse_locks(pids: &[i32]) -> Result<()> {
+/// The file locks of the tree, from /proc/locks, each given to the process that must take it
+/// again: a POSIX lock to its owner pid, a flock or OFD lock to a process with an fd on the
+/// file (its open file description owns it; for several descriptions of one file, the first
+/// fd of the tree is taken: an ambiguity /proc/locks cannot resolve).
+pub fn collect_locks(pids: &[i32]) -> Result<HashMap<i32, Vec<FileLock>>> {
+    let mut locks: HashMap<i32, Vec<FileLock>> = HashMap::new();
     let Ok(text) = fs::read_to_string("/proc/locks") else {
-        return Ok(());
+        return Ok(locks);
     };
-    let mut inodes: HashMap<u64, (i32, i32)> = HashMap::new();
+    let mut fds_by_inode: HashMap<u64, Vec<(i32, i32)>> = HashMap::new();
     for &pid in pids {
         let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else {
             continue;
         };
-        for entry in dir.flatten() {
-            if let (Ok(meta), Some(fd)) = (
-                fs::metadata(entry.path()),
-                entry.file_name().to_str().and_then(|n| n.parse().ok()),
-            ) {
-                inodes.entry(meta.ino()).or_insert((pid, fd));
-            }
+        let mut entries: Vec<(i32, u64)> = dir
+            .flatten()
+            .filter_map(|e| {
+                let fd = e.file_name().to_str()?.parse().ok()?;
+                Some((fd, fs::metadata(e.path()).ok()?.ino()))
+            })
+            .collect();
+        entries.sort_unstable();
+        for (fd, inode) in entries {
+            fds_by_inode.entry(inode).or_default().push((pid, fd));
         }
     }
     for line in text.lines() {
         let words: Vec<&str> = line.split_whitespace().filter(|w| *w != "->").collect();
         // "1: POSIX ADVISORY WRITE PID MAJ:MIN:INODE START END"
-        let (Some(kind), Some(owner), Some(file)) = (words.get(1), words.get(4), words.get(5))
-        else {
+        if words.len() < 8 {
             continue;
-        };
-        let owner: i32 = owner.parse().unwrap_or(0);
-        let inode: u64 = file
+        }
+        let owner: i32 = words[4].parse().unwrap_or(0);
+        let inode: u64 = words[5]
             .rsplit(':')
             .next()
             .and_then(|i| i.parse().ok())
             .unwrap_or(0);
-        let Some(&(pid, fd)) = inodes.get(&inode) else {
+        let Some(holders) = fds_by_inode.get(&inode) else {
             continue;
         };
-        if pids.contains(&owner) || owner == -1 {
-            bail!("pid {pid} fd {fd}: holds a {kind} file lock: file locks are not supported yet");
+        let kind = match words[1] {
+            "FLOCK" => LockKind::Flock,
+            "POSIX" => LockKind::Posix,
+            "OFDLCK" => LockKind::Ofd,
+            other => bail!("file lock of kind {other} on inode {inode} is not supported"),
+        };
+        if words[2] != "ADVISORY" {
+            bail!("mandatory or lease lock on inode {inode} is not supported");
         }
+        let holder = match kind {
+            LockKind::Posix => holders.iter().find(|(pid, _)| *pid == owner),
+            _ if owner == -1 || pids.contains(&owner) => holders.first(),
+            _ => None,
+        };
+        let Some(&(pid, fd)) = holder else {
+            continue;
+        };
+        let start: u64 = words[6].parse().unwrap_or(0);
+        let length = match words[7] {
+            "EOF" => 0,
+            end => end.parse::<u64>().map_or(0, |end| end - start + 1),
+        };
+        locks.entry(pid).or_default().push(FileLock {
+            fd,
+            kind: kind as i32,
+            write: words[3] == "WRITE",
+            start,
+            length,
+        });
     }
-    Ok(())
+    Ok(locks)
 }

@@ -93,11 +93,12 @@ fn dump_frozen(frozen: &mut tree::Frozen, images: &ImageDir) -> Result<DumpStats
     frozen.mask_signals(crate::parasite::PARASITE_SIGMASK)?;
     fault_point("after-seize")?;
     let pids: Vec<i32> = frozen.processes.iter().map(|p| p.pid).collect();
-    files::refuse_locks(&pids)?;
+    let mut locks = files::collect_locks(&pids)?;
     let mut stats = DumpStats::default();
     let mut file_ids = files::FileIds::default();
     for process in frozen.processes.iter().filter(|p| p.zombie.is_none()) {
-        stats.pages_bytes += dump_process(process, images, &mut file_ids)?;
+        let held = locks.remove(&process.pid).unwrap_or_default();
+        stats.pages_bytes += dump_process(process, images, &mut file_ids, held)?;
     }
     images.write(
         Kind::Inventory,
@@ -113,6 +114,7 @@ fn dump_process(
     process: &tree::FrozenProcess,
     images: &ImageDir,
     file_ids: &mut files::FileIds,
+    locks: Vec<image::proto::FileLock>,
 ) -> Result<u64> {
     let pid = process.pid;
     let phase = Instant::now();
@@ -128,7 +130,8 @@ fn dump_process(
     core.seccomp = Some(seccomp::collect(pid)?);
     core.cgroups = Some(cgroups::collect(pid)?);
     let mut mm = mm::collect(pid, &process.stat)?;
-    let fds = files::collect(pid, images, file_ids)?;
+    let mut fds = files::collect(pid, images, file_ids)?;
+    fds.locks = locks;
     for vma in mm.vmas.iter().filter(|v| {
         matches!(
             v.kind(),

@@ -66,6 +66,7 @@ pub fn restore_in_task(
         super::limits::restore_process(steps, limits)?;
     }
     super::files::restore_epoll_targets(steps, fds)?;
+    super::files::restore_locks(steps, fds)?;
     if let Some(signals) = &core.signals {
         super::signals::restore_shared(steps, signals, core.pid)?;
     }

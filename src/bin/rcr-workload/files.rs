@@ -1556,3 +1556,99 @@ impl crate::parts::Part for Unlinked {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// `locks`: an exclusive flock on DIR/lock-flock (fd 30), a POSIX write lock on bytes 20..29 of
+// DIR/lock-posix (fd 31), an OFD read lock on bytes 5..9 of DIR/lock-ofd (fd 32). After the
+// restore /proc/locks must show the same three locks on the same files, held by this
+// process (POSIX, FLOCK) or by its description (OFD, pid -1).
+
+const LOCK_FDS: [i32; 3] = [30, 31, 32];
+
+pub struct Locks {
+    inodes: [u64; 3],
+}
+
+fn lock_line(kind: &str, inode: u64, start: &str, end: &str, pid: &str, text: &str) -> bool {
+    text.lines().any(|line| {
+        let w: Vec<&str> = line.split_whitespace().filter(|w| *w != "->").collect();
+        w.len() >= 8
+            && w[1] == kind
+            && w[4] == pid
+            && w[5].rsplit(':').next() == Some(inode.to_string().as_str())
+            && w[6] == start
+            && w[7] == end
+    })
+}
+
+impl Locks {
+    pub fn new(ctx: &Ctx) -> Result<Locks, String> {
+        let mut inodes = [0u64; 3];
+        for (i, name) in ["lock-flock", "lock-posix", "lock-ofd"].iter().enumerate() {
+            let path = ctx.path(name);
+            // SAFETY: open/write/fstat on a path and an fd this scenario owns.
+            unsafe {
+                let fd = libc::open(
+                    path.as_ptr(),
+                    libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC,
+                    0o600,
+                );
+                if fd < 0 {
+                    return Err(format!("open {name}: errno {}", errno()));
+                }
+                place(fd, LOCK_FDS[i], false)?;
+                sys::write_all(LOCK_FDS[i], &[b'l'; 64])
+                    .map_err(|e| format!("write: errno {e}"))?;
+                let mut st: libc::stat = std::mem::zeroed();
+                libc::fstat(LOCK_FDS[i], &mut st);
+                inodes[i] = st.st_ino;
+            }
+        }
+        let lock = |fd: i32, cmd: i32, kind: i32, start: i64, len: i64| -> Result<(), String> {
+            // SAFETY: fcntl with a live struct flock.
+            let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+            fl.l_type = kind as i16;
+            fl.l_whence = libc::SEEK_SET as i16;
+            fl.l_start = start;
+            fl.l_len = len;
+            if unsafe { libc::fcntl(fd, cmd, &fl) } != 0 {
+                return Err(format!("fcntl lock fd {fd}: errno {}", errno()));
+            }
+            Ok(())
+        };
+        // SAFETY: flock on an fd this scenario owns.
+        if unsafe { libc::flock(LOCK_FDS[0], libc::LOCK_EX) } != 0 {
+            return Err(format!("flock: errno {}", errno()));
+        }
+        lock(LOCK_FDS[1], libc::F_SETLK, libc::F_WRLCK, 20, 10)?;
+        lock(LOCK_FDS[2], libc::F_OFD_SETLK, libc::F_RDLCK, 5, 5)?;
+        Ok(Locks { inodes })
+    }
+}
+
+impl crate::parts::Part for Locks {
+    fn before_ready(&mut self) {}
+
+    fn verify(&mut self, chk: &mut Check) {
+        let text = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+        // SAFETY: getpid has no arguments.
+        let pid = unsafe { libc::getpid() }.to_string();
+        if !lock_line("FLOCK", self.inodes[0], "0", "EOF", &pid, &text) {
+            fail!(chk, "locks: the flock on fd {} is gone", LOCK_FDS[0]);
+        }
+        if !lock_line("POSIX", self.inodes[1], "20", "29", &pid, &text) {
+            fail!(
+                chk,
+                "locks: the POSIX lock 20..29 on fd {} is gone",
+                LOCK_FDS[1]
+            );
+        }
+        if !lock_line("OFDLCK", self.inodes[2], "5", "9", "-1", &text) {
+            fail!(
+                chk,
+                "locks: the OFD lock 5..9 on fd {} is gone",
+                LOCK_FDS[2]
+            );
+        }
+    }
+}
