@@ -167,6 +167,12 @@ fn unsupported_kind_is_refused() {
 /// signalfd, timerfd and epoll are restored now: the workloads that once had to be refused
 /// check after the restore that each fd is as before (link, flags, fdinfo, except the
 /// timerfd's time left) and still works (the timer is still armed).
+/// A named pipe with unread data: both ends and the data come back.
+#[test]
+fn fifo() {
+    roundtrip("fifo", "fifo", 1);
+}
+
 /// flock, POSIX and OFD locks are held again after the restore.
 #[test]
 fn file_locks() {

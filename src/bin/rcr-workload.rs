@@ -221,6 +221,10 @@ fn setup(scenario: &str, ctx: &Ctx) -> Result<Setup, String> {
             parts.push(Box::new(files::EventFds::new()?));
             Wait::Poll
         }
+        "fifo" => {
+            parts.push(Box::new(files::Fifo::new(ctx)?));
+            Wait::Poll
+        }
         "locks" => {
             parts.push(Box::new(files::Locks::new(ctx)?));
             Wait::Poll

@@ -281,7 +281,15 @@ pub fn collect(pid: i32, images: &ImageDir, ids: &mut FileIds) -> Result<Fds> {
                 rdev_minor: minor,
                 pos: info.pos,
             })
-        } else if file_type.is_fifo() && link.starts_with("pipe:") {
+        } else if file_type.is_fifo() && (link.starts_with("pipe:") || link.starts_with('/')) {
+            let fifo_path = if link.starts_with('/') {
+                if link.ends_with(" (deleted)") {
+                    bail!("pid {pid} fd {fd}: removed FIFO {link} is not supported");
+                }
+                link.clone()
+            } else {
+                String::new()
+            };
             let inode = meta.ino();
             let write_end = flags & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32;
             let first = ids.saved.insert(inode);
@@ -297,6 +305,7 @@ pub fn collect(pid: i32, images: &ImageDir, ids: &mut FileIds) -> Result<Fds> {
                 pipe_size,
                 has_data: first,
                 data,
+                fifo_path,
             })
         } else if link == "anon_inode:[eventfd]" {
             let count = info

@@ -57,6 +57,7 @@ pub struct OpenedFiles {
     pipes: HashMap<u64, (Option<OwnedFd>, Option<OwnedFd>)>,
     memfds: HashMap<u64, OwnedFd>,
     unlinked: HashMap<u64, OwnedFd>,
+    fifos: HashMap<u64, OwnedFd>,
     held: Vec<OwnedFd>,
     /// Descriptions that only one process of the tree has (they may be placed in place).
     single_process: std::collections::HashSet<u64>,
@@ -71,6 +72,7 @@ impl OpenedFiles {
             pipes: HashMap::new(),
             memfds: HashMap::new(),
             unlinked: HashMap::new(),
+            fifos: HashMap::new(),
             held: Vec::new(),
             single_process: Default::default(),
         }
@@ -101,6 +103,10 @@ impl OpenedFiles {
             if !pipe.has_data {
                 continue;
             }
+            if !pipe.fifo_path.is_empty() {
+                self.create_fifo(pipe)?;
+                continue;
+            }
             let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
             if pipe.pipe_size > 0 {
                 fcntl(write.as_fd(), FcntlArg::F_SETPIPE_SZ(pipe.pipe_size as i32))
@@ -116,6 +122,34 @@ impl OpenedFiles {
             let write = hold_above(write, self.floor)?;
             self.pipes.insert(pipe.inode, (Some(read), Some(write)));
         }
+        Ok(())
+    }
+
+    /// A FIFO: rcr keeps it open read-write (so it exists, and opening either end cannot
+    /// block), refills it, and opens each end's description through its path.
+    fn create_fifo(&mut self, pipe: &crate::image::proto::Pipe) -> Result<()> {
+        let what = || format!("FIFO {}", pipe.fifo_path);
+        let keeper: OwnedFd = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&pipe.fifo_path)
+            .with_context(what)?
+            .into();
+        if pipe.pipe_size > 0 {
+            fcntl(
+                keeper.as_fd(),
+                FcntlArg::F_SETPIPE_SZ(pipe.pipe_size as i32),
+            )
+            .with_context(what)?;
+        }
+        if !pipe.data.is_empty() {
+            std::fs::File::from(keeper.try_clone()?)
+                .write_all(&pipe.data)
+                .with_context(what)?;
+        }
+        let keeper = hold_above(keeper, self.floor)?;
+        self.fifos.insert(pipe.inode, keeper);
         Ok(())
     }
 
@@ -219,6 +253,18 @@ impl OpenedFiles {
             }
             Some(fd::File::Regular(f)) => reopen(&f.path, f.flags, f.pos, &what)?,
             Some(fd::File::Chardev(c)) => reopen(&c.path, c.flags, c.pos, &what)?,
+            Some(fd::File::Pipe(p)) if !p.fifo_path.is_empty() => {
+                if !self.fifos.contains_key(&p.inode) {
+                    self.create_fifo(p)?;
+                }
+                // Non-blocking to open (rcr's keeper is both a reader and a writer), then the
+                // dumped flags.
+                let end = reopen(&p.fifo_path, p.flags | libc::O_NONBLOCK as u32, 0, &what)?;
+                let flags = OFlag::from_bits_truncate(p.flags as i32)
+                    & (OFlag::O_NONBLOCK | OFlag::O_DIRECT | OFlag::O_ASYNC);
+                fcntl(end.as_fd(), FcntlArg::F_SETFL(flags))?;
+                end
+            }
             Some(fd::File::Pipe(p)) => {
                 let Some((read, write)) = self.pipes.get_mut(&p.inode) else {
                     bail!("{what}: pipe:[{}] has no saved state", p.inode);

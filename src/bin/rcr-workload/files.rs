@@ -1652,3 +1652,64 @@ impl crate::parts::Part for Locks {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// `fifo`: a named pipe DIR/fifo, read end fd 40 (O_NONBLOCK), write end fd 41, holding
+// "through the fifo" unread. After the restore: both fds name DIR/fifo, the flags are as
+// before, the data comes out of fd 40, and a new write through 41 comes out too.
+
+const FIFO_R: i32 = 40;
+const FIFO_W: i32 = 41;
+const FIFO_DATA: &[u8] = b"through the fifo";
+
+pub struct Fifo {
+    before: [FdSnap; 2],
+}
+
+impl Fifo {
+    pub fn new(ctx: &Ctx) -> Result<Fifo, String> {
+        let path = ctx.path("fifo");
+        // SAFETY: mkfifo/open on a path of this scenario, fds it owns.
+        unsafe {
+            if libc::mkfifo(path.as_ptr(), 0o600) != 0 {
+                return Err(format!("mkfifo: errno {}", errno()));
+            }
+            let r = libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_NONBLOCK);
+            if r < 0 {
+                return Err(format!("open fifo for reading: errno {}", errno()));
+            }
+            place(r, FIFO_R, false)?;
+            let w = libc::open(path.as_ptr(), libc::O_WRONLY);
+            if w < 0 {
+                return Err(format!("open fifo for writing: errno {}", errno()));
+            }
+            place(w, FIFO_W, false)?;
+        }
+        sys::write_all(FIFO_W, FIFO_DATA).map_err(|e| format!("write fifo: errno {e}"))?;
+        Ok(Fifo {
+            before: [FdSnap::EMPTY; 2],
+        })
+    }
+}
+
+impl crate::parts::Part for Fifo {
+    fn before_ready(&mut self) {
+        self.before = snaps([FIFO_R, FIFO_W]);
+    }
+
+    fn verify(&mut self, chk: &mut Check) {
+        verify_snaps("fifo", &self.before, chk);
+        let mut buf = [0u8; 64];
+        match read_once(FIFO_R, &mut buf) {
+            Ok(n) if &buf[..n] == FIFO_DATA => {}
+            got => fail!(chk, "fifo fd {FIFO_R}: read gave {got:?} {:?}", &buf[..16]),
+        }
+        if let Err(e) = sys::write_all(FIFO_W, b"again") {
+            fail!(chk, "fifo fd {FIFO_W}: write: errno {e}");
+        }
+        match read_once(FIFO_R, &mut buf) {
+            Ok(5) if &buf[..5] == b"again" => {}
+            got => fail!(chk, "fifo fd {FIFO_R}: second read gave {got:?}"),
+        }
+    }
+}
