@@ -56,6 +56,9 @@ enum Command {
         /// under a small init of rcr's that exits with the root's status.
         #[arg(long)]
         pidns: bool,
+        /// Restore even if regular files the processes have open changed size since the dump.
+        #[arg(long)]
+        ignore_file_size: bool,
     },
     /// Show which kernel features rcr needs and whether this machine has them.
     Check,
@@ -96,12 +99,14 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             detach,
             pidfile,
             pidns,
+            ignore_file_size,
         } => {
             let code = rcr::restore::restore(&RestoreOptions {
                 dir,
                 detach,
                 pidfile,
                 pidns,
+                ignore_file_size,
             })?;
             Ok(code.clamp(0, 255) as u8)
         }

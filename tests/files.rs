@@ -53,8 +53,17 @@ fn leave_running_then_restore(name: &str, scenario: &str, procs: usize) {
             fs::remove_file(e.path()).expect("remove a result file");
         }
     }
-    fs::write(w.dir.join("stdout"), b"").expect("truncate the workload's stdout");
-    let r = h.restore(&w, &img, &[]);
+    // The original's PASS made its stdout larger than at the dump: the restore is refused,
+    // naming the file, unless the user says it is fine.
+    let refused = h.restore(&w, &img, &[]);
+    let line = refused.assert_refused();
+    assert!(
+        line.contains("stdout") && line.contains("--ignore-file-size"),
+        "the refusal names the file and the way out: {line}"
+    );
+    // One byte, which the restored run's PASS (written at the dumped offset 0) overwrites.
+    fs::write(w.dir.join("stdout"), b"x").expect("rewrite the workload's stdout");
+    let r = h.restore(&w, &img, &["--ignore-file-size"]);
     r.assert_ok_for(&w);
     assert_eq!(r.pid, Some(w.pid), "pidfile vs the original root pid");
     w.assert_pass();
@@ -167,6 +176,13 @@ fn unsupported_kind_is_refused() {
 /// signalfd, timerfd and epoll are restored now: the workloads that once had to be refused
 /// check after the restore that each fd is as before (link, flags, fdinfo, except the
 /// timerfd's time left) and still works (the timer is still armed).
+/// One process holding eventfds, an unlinked file, a FIFO with data, three kinds of file
+/// locks and regular files at once.
+#[test]
+fn all_file_kinds_at_once() {
+    roundtrip("all_file_kinds_at_once", "files-all", 1);
+}
+
 /// A named pipe with unread data: both ends and the data come back.
 #[test]
 fn fifo() {

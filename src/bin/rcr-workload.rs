@@ -221,6 +221,15 @@ fn setup(scenario: &str, ctx: &Ctx) -> Result<Setup, String> {
             parts.push(Box::new(files::EventFds::new()?));
             Wait::Poll
         }
+        "files-all" => {
+            // Every single-process file kind at once (their fd numbers do not overlap).
+            parts.push(Box::new(files::EventFds::new()?));
+            parts.push(Box::new(files::Unlinked::new(ctx)?));
+            parts.push(Box::new(files::Fifo::new(ctx)?));
+            parts.push(Box::new(files::Locks::new(ctx)?));
+            parts.push(Box::new(parts::Stdio::new(ctx)?));
+            Wait::Poll
+        }
         "fifo" => {
             parts.push(Box::new(files::Fifo::new(ctx)?));
             Wait::Poll

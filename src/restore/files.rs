@@ -451,3 +451,28 @@ pub fn restore_locks(steps: &mut super::steps::Steps, fds: &Fds) -> Result<()> {
     }
     Ok(())
 }
+
+/// Refuses files that changed size since the dump: the process would find other data at the
+/// offsets it remembers. `--ignore-file-size` restores anyway (a log that grew, say).
+pub fn check_sizes(pid: u32, fds: &Fds) -> Result<()> {
+    for entry in &fds.fds {
+        let Some(fd::File::Regular(f)) = &entry.file else {
+            continue;
+        };
+        if f.unlinked || f.mode & libc::S_IFMT != libc::S_IFREG {
+            continue;
+        }
+        let now = std::fs::metadata(&f.path)
+            .with_context(|| format!("pid {pid} fd {}: {}", entry.fd, f.path))?
+            .len();
+        if now != f.size {
+            bail!(
+                "pid {pid} fd {}: {} is {now} bytes, {} at the dump (--ignore-file-size restores anyway)",
+                entry.fd,
+                f.path,
+                f.size
+            );
+        }
+    }
+    Ok(())
+}

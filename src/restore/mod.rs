@@ -40,6 +40,8 @@ pub struct RestoreOptions {
     pub pidfile: Option<PathBuf>,
     /// Restore inside a new PID namespace (original pids inside it).
     pub pidns: bool,
+    /// Restore even if regular files changed size since the dump.
+    pub ignore_file_size: bool,
 }
 
 /// How the tree's pids (as the images have them) are seen from rcr: the same numbers, or,
@@ -200,6 +202,13 @@ pub fn restore(options: &RestoreOptions) -> Result<i32> {
     let started = Instant::now();
     let images = ImageDir::open(&options.dir)?;
     let (_inventory, processes) = read_images(&images)?;
+    if !options.ignore_file_size {
+        for process in &processes {
+            if let Some(live) = &process.images {
+                files::check_sizes(process.entry.pid, &live.fds)?;
+            }
+        }
+    }
     let (pid, waited) = restore_tree(&images, &processes, options.pidns)?;
     log::info(&format!(
         "pid {pid}: restored {} processes in {:.1} ms",
