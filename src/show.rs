@@ -851,6 +851,9 @@ mod tests {
                             cloexec: false,
                             dup_of: None,
                             file_id: 1,
+                            owner_kind: 0,
+                            owner_pid: 0,
+                            signal: 0,
                             file: Some(fd::File::Chardev(CharDevice {
                                 path: "/dev/null".into(),
                                 flags: 0o100000,
@@ -864,6 +867,9 @@ mod tests {
                             cloexec: true,
                             dup_of: None,
                             file_id: 2,
+                            owner_kind: 0,
+                            owner_pid: 0,
+                            signal: 0,
                             file: Some(fd::File::Regular(RegularFile {
                                 path: "/tmp/out".into(),
                                 flags: 0o102001,
@@ -878,6 +884,9 @@ mod tests {
                             cloexec: false,
                             dup_of: Some(1),
                             file_id: 2,
+                            owner_kind: 0,
+                            owner_pid: 0,
+                            signal: 0,
                             file: Some(fd::File::Regular(RegularFile {
                                 path: "/tmp/out".into(),
                                 flags: 0o102001,

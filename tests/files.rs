@@ -183,6 +183,12 @@ fn all_file_kinds_at_once() {
     roundtrip("all_file_kinds_at_once", "files-all", 1);
 }
 
+/// F_SETOWN and F_SETSIG of a description come back.
+#[test]
+fn fd_owner_and_signal() {
+    roundtrip("fd_owner_and_signal", "fdowner", 1);
+}
+
 /// A named pipe with unread data: both ends and the data come back.
 #[test]
 fn fifo() {

@@ -230,6 +230,10 @@ fn setup(scenario: &str, ctx: &Ctx) -> Result<Setup, String> {
             parts.push(Box::new(parts::Stdio::new(ctx)?));
             Wait::Poll
         }
+        "fdowner" => {
+            parts.push(Box::new(files::FdOwner::new()?));
+            Wait::Poll
+        }
         "fifo" => {
             parts.push(Box::new(files::Fifo::new(ctx)?));
             Wait::Poll

@@ -217,6 +217,7 @@ pub fn collect(pid: i32, images: &ImageDir, ids: &mut FileIds) -> Result<Fds> {
         .collect();
     numbers.sort_unstable();
     let mut fds = Vec::with_capacity(numbers.len());
+    let mut pidfd = None;
     for fd in numbers {
         let proc_path = format!("/proc/{pid}/fd/{fd}");
         let link = fs::read_link(&proc_path)
@@ -337,12 +338,27 @@ pub fn collect(pid: i32, images: &ImageDir, ids: &mut FileIds) -> Result<Fds> {
             };
             bail!("pid {pid} fd {fd}: unsupported file kind {kind} ({link})");
         };
+        // Owner and signal belong to the description: read once, through a copy of it.
+        let (owner_kind, owner_pid, signal) = if same_as.is_none() {
+            let pidfd = match &pidfd {
+                Some(pidfd) => pidfd,
+                None => pidfd.insert(pidfd::pidfd_open(pid)?),
+            };
+            let copy = pidfd::pidfd_getfd(pidfd, fd)
+                .with_context(|| format!("pid {pid} fd {fd}: cannot take a copy"))?;
+            crate::sys::fd::owner_and_signal(&copy).unwrap_or((0, 0, 0))
+        } else {
+            (0, 0, 0)
+        };
         fds.push(Fd {
             fd,
             cloexec,
             file: Some(file),
             dup_of,
             file_id,
+            owner_kind,
+            owner_pid,
+            signal,
         });
     }
     let link = |name: &str| -> Result<String> {

@@ -476,3 +476,37 @@ pub fn check_sizes(pid: u32, fds: &Fds) -> Result<()> {
     }
     Ok(())
 }
+
+/// F_SETOWN_EX / F_SETSIG, set by the process on its own fds (the owner pid must exist, which
+/// it does only once the tree is there). Only the first fd of a description carries them.
+pub fn restore_owners(steps: &mut super::steps::Steps, fds: &Fds) -> Result<()> {
+    for entry in fds.fds.iter().filter(|f| f.owner_pid != 0 || f.signal != 0) {
+        steps.room(2, 16)?;
+        if entry.owner_pid != 0 {
+            let owner = steps.put(
+                &[
+                    entry.owner_kind.to_le_bytes(),
+                    entry.owner_pid.to_le_bytes(),
+                ]
+                .concat(),
+            );
+            steps.add(
+                format!("fcntl({}, F_SETOWN_EX, {})", entry.fd, entry.owner_pid),
+                libc::SYS_fcntl,
+                &[entry.fd as u64, crate::sys::fd::F_SETOWN_EX as u64, owner],
+            );
+        }
+        if entry.signal != 0 {
+            steps.add(
+                format!("fcntl({}, F_SETSIG, {})", entry.fd, entry.signal),
+                libc::SYS_fcntl,
+                &[
+                    entry.fd as u64,
+                    crate::sys::fd::F_SETSIG as u64,
+                    entry.signal as u64,
+                ],
+            );
+        }
+    }
+    Ok(())
+}

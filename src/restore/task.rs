@@ -67,6 +67,7 @@ pub fn restore_in_task(
     }
     super::files::restore_epoll_targets(steps, fds)?;
     super::files::restore_locks(steps, fds)?;
+    super::files::restore_owners(steps, fds)?;
     if let Some(signals) = &core.signals {
         super::signals::restore_shared(steps, signals, core.pid)?;
     }

@@ -68,3 +68,30 @@ pub fn epoll(flags: i32) -> io::Result<OwnedFd> {
     // SAFETY: plain syscall with an integer argument.
     owned(unsafe { libc::syscall(libc::SYS_epoll_create1, flags) })
 }
+
+pub const F_SETSIG: i32 = 10;
+pub const F_GETSIG: i32 = 11;
+pub const F_SETOWN_EX: i32 = 15;
+pub const F_GETOWN_EX: i32 = 16;
+
+/// struct f_owner_ex.
+#[repr(C)]
+#[derive(Default)]
+struct OwnerEx {
+    kind: i32,
+    pid: i32,
+}
+
+/// Who gets SIGIO/SIGURG for an open file description (F_GETOWN_EX: kind and pid, pid 0 for
+/// nobody) and with which signal (F_GETSIG, 0 for SIGIO).
+pub fn owner_and_signal(fd: &impl AsRawFd) -> io::Result<(i32, i32, i32)> {
+    let mut owner = OwnerEx::default();
+    // SAFETY: the kernel writes a struct f_owner_ex into a live one.
+    check(
+        unsafe { libc::fcntl(fd.as_raw_fd(), F_GETOWN_EX, &mut owner as *mut OwnerEx) }
+            as libc::c_long,
+    )?;
+    // SAFETY: fcntl with no memory argument.
+    let signal = check(unsafe { libc::fcntl(fd.as_raw_fd(), F_GETSIG) } as libc::c_long)?;
+    Ok((owner.kind, owner.pid, signal as i32))
+}

@@ -1713,3 +1713,58 @@ impl crate::parts::Part for Fifo {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// `fdowner`: a pipe (read end fd 50, write end 51) whose read end's description has this
+// process as owner (F_SETOWN) and SIGUSR2 as its signal (F_SETSIG), with O_ASYNC. After the
+// restore F_GETOWN and F_GETSIG say the same.
+
+const OWNED_R: i32 = 50;
+const OWNED_W: i32 = 51;
+
+pub struct FdOwner {
+    pid: i32,
+}
+
+impl FdOwner {
+    pub fn new() -> Result<FdOwner, String> {
+        let mut p = [0i32; 2];
+        // SAFETY: pipe/fcntl/getpid on fds this scenario owns; SIGUSR2 is ignored so that a
+        // stray SIGIO-as-SIGUSR2 cannot kill the workload.
+        unsafe {
+            if libc::pipe(p.as_mut_ptr()) != 0 {
+                return Err(format!("pipe: errno {}", errno()));
+            }
+            place(p[0], OWNED_R, false)?;
+            place(p[1], OWNED_W, false)?;
+            libc::signal(libc::SIGUSR2, libc::SIG_IGN);
+            let pid = libc::getpid();
+            if libc::fcntl(OWNED_R, libc::F_SETOWN, pid) != 0
+                || libc::fcntl(OWNED_R, 10 /* F_SETSIG */, libc::SIGUSR2) != 0
+            {
+                return Err(format!("F_SETOWN/F_SETSIG: errno {}", errno()));
+            }
+            Ok(FdOwner { pid })
+        }
+    }
+}
+
+impl crate::parts::Part for FdOwner {
+    fn before_ready(&mut self) {}
+
+    fn verify(&mut self, chk: &mut Check) {
+        // SAFETY: fcntl queries on an fd this scenario owns.
+        let (owner, signal) = unsafe {
+            (
+                libc::fcntl(OWNED_R, libc::F_GETOWN),
+                libc::fcntl(OWNED_R, 11 /* F_GETSIG */),
+            )
+        };
+        if owner != self.pid {
+            fail!(chk, "fd {OWNED_R}: F_GETOWN {owner}, expected {}", self.pid);
+        }
+        if signal != libc::SIGUSR2 {
+            fail!(chk, "fd {OWNED_R}: F_GETSIG {signal}, expected SIGUSR2");
+        }
+    }
+}
