@@ -531,6 +531,13 @@ fn text_fds(out: &mut String, pid: u32, fds: &Fds) {
                 t.clock, t.value_ns, t.interval_ns
             ),
             Some(fd::File::Epoll(e)) => format!("epoll with {} targets", e.targets.len()),
+            Some(fd::File::Unix(u)) => format!(
+                "unix socket:[{}] type {} peer socket:[{}] {} queued messages",
+                u.inode,
+                u.sock_type,
+                u.peer,
+                u.queue.len()
+            ),
             None => "unknown file type".to_owned(),
         };
         let _ = writeln!(out, "  {:>4} {what}{cloexec}{dup} file {}", f.fd, f.file_id);

@@ -13,7 +13,7 @@ use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl};
 use crate::image::ImageDir;
 use crate::image::proto::{
     CharDevice, Epoll, EpollTarget, EventFd, Fd, Fds, FileLock, LockKind, MemFd, Pipe, RegularFile,
-    SignalFd, TimerFd, fd,
+    SignalFd, TimerFd, UnixSocket, fd,
 };
 use crate::sys::pidfd;
 
@@ -67,9 +67,27 @@ pub struct FileIds {
     next: u64,
     /// Pipes and memfds whose content is already saved.
     saved: HashSet<u64>,
+    /// sock_diag's view of the unix sockets, read on first need.
+    unix: Option<HashMap<u32, crate::sys::socket::UnixInfo>>,
+    /// Unix sockets of the tree: (pid, fd, peer inode), and their inodes.
+    sockets: Vec<(i32, i32, u64)>,
+    socket_inodes: HashSet<u64>,
 }
 
 impl FileIds {
+    /// Every unix socket of the tree must have its peer in the tree: the other end of a
+    /// connection to the outside cannot be restored.
+    pub fn check_peers(&self) -> Result<()> {
+        for &(pid, fd, peer) in &self.sockets {
+            if !self.socket_inodes.contains(&peer) {
+                bail!(
+                    "pid {pid} fd {fd}: unix socket connected to socket:[{peer}] outside the dumped tree is not supported"
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// The description id of `pid`'s `fd`, and an earlier fd of the same description. The
     /// fds of one inode are kept sorted in kcmp order, so a thousand opens of one file cost
     /// a binary search each, not a comparison with every other.
@@ -133,6 +151,52 @@ fn pipe_data(pid: i32, fd: i32) -> Result<(u32, Vec<u8>)> {
         }
     })?;
     Ok((size, data))
+}
+
+/// A unix socket of the tree, if it is one rcr restores: connected, unnamed, its peer in the
+/// tree (checked once the whole tree is seen: [`FileIds::check_peers`]). Other sockets are
+/// None (refused by the caller).
+fn unix_socket(
+    pid: i32,
+    fd: i32,
+    inode: u64,
+    flags: u32,
+    ids: &mut FileIds,
+) -> Result<Option<UnixSocket>> {
+    if ids.unix.is_none() {
+        ids.unix = Some(crate::sys::socket::unix_sockets().context("sock_diag")?);
+    }
+    let Some(info) = ids
+        .unix
+        .as_ref()
+        .and_then(|all| all.get(&(inode as u32)))
+        .cloned()
+    else {
+        return Ok(None);
+    };
+    const TCP_ESTABLISHED: u8 = 1;
+    if info.state != TCP_ESTABLISHED || info.peer == 0 || info.name.is_some() {
+        return Ok(None);
+    }
+    let first = ids.saved.insert(inode);
+    let queue = if first {
+        let pidfd = pidfd::pidfd_open(pid)?;
+        let copy = pidfd::pidfd_getfd(&pidfd, fd)?;
+        crate::sys::socket::peek_queue(&copy)
+            .with_context(|| format!("pid {pid} fd {fd}: unix socket queue"))?
+    } else {
+        Vec::new()
+    };
+    ids.sockets.push((pid, fd, u64::from(info.peer)));
+    ids.socket_inodes.insert(inode);
+    Ok(Some(UnixSocket {
+        inode,
+        sock_type: u32::from(info.sock_type),
+        peer: u64::from(info.peer),
+        flags,
+        has_queue: first,
+        queue,
+    }))
 }
 
 /// "(sec, nsec)" of timerfd fdinfo, in ns.
@@ -328,6 +392,10 @@ pub fn collect(pid: i32, images: &ImageDir, ids: &mut FileIds) -> Result<Fds> {
             fd::File::Timerfd(timerfd_of(pid, fd, &info, flags)?)
         } else if link == "anon_inode:[eventpoll]" {
             fd::File::Epoll(epoll_of(pid, fd, &info, flags)?)
+        } else if link.starts_with("socket:[")
+            && let Some(socket) = unix_socket(pid, fd, meta.ino(), flags, ids)?
+        {
+            fd::File::Unix(socket)
         } else {
             let kind = if link.starts_with("socket:") {
                 "socket"

@@ -100,6 +100,7 @@ fn dump_frozen(frozen: &mut tree::Frozen, images: &ImageDir) -> Result<DumpStats
         let held = locks.remove(&process.pid).unwrap_or_default();
         stats.pages_bytes += dump_process(process, images, &mut file_ids, held)?;
     }
+    file_ids.check_peers()?;
     images.write(
         Kind::Inventory,
         None,

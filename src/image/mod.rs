@@ -28,8 +28,8 @@ pub const FORMAT_MAJOR: u16 = 1;
 /// 1.1: fds-PID.img Fd.dup_of. 1.2: core-PID.img signals, timers, creds, seccomp, limits,
 /// cgroups, dumpable, child_subreaper.
 /// 1.3: fds pipes, eventfd, memfd (memfd-INODE.img), signalfd, timerfd, epoll, unlinked
-/// files (unlinked-INODE.img), FIFOs, file locks, file_id, fd owner/signal; mm memfd
-/// mappings.
+/// files (unlinked-INODE.img), FIFOs, file locks, unix socketpairs, file_id, fd owner/
+/// signal; mm memfd mappings.
 pub const FORMAT_MINOR: u16 = 3;
 const HEADER_LEN: usize = 20;
 const TRAILER_LEN: usize = 4;

@@ -12,6 +12,7 @@ use anyhow::{Context, Result, bail};
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::memfd::MFdFlags;
+use nix::sys::socket::{AddressFamily, MsgFlags, SockFlag, SockType, socketpair};
 use nix::unistd::{Whence, lseek};
 
 use crate::image::ImageDir;
@@ -58,6 +59,7 @@ pub struct OpenedFiles {
     memfds: HashMap<u64, OwnedFd>,
     unlinked: HashMap<u64, OwnedFd>,
     fifos: HashMap<u64, OwnedFd>,
+    sockets: HashMap<u64, Option<OwnedFd>>,
     held: Vec<OwnedFd>,
     /// Descriptions that only one process of the tree has (they may be placed in place).
     single_process: std::collections::HashSet<u64>,
@@ -73,6 +75,7 @@ impl OpenedFiles {
             memfds: HashMap::new(),
             unlinked: HashMap::new(),
             fifos: HashMap::new(),
+            sockets: HashMap::new(),
             held: Vec::new(),
             single_process: Default::default(),
         }
@@ -121,6 +124,57 @@ impl OpenedFiles {
             let read = hold_above(read, self.floor)?;
             let write = hold_above(write, self.floor)?;
             self.pipes.insert(pipe.inode, (Some(read), Some(write)));
+        }
+        Ok(())
+    }
+
+    /// Creates every connected unix socket pair of the tree and refills both queues (what
+    /// one end had to read is sent again from the other end, message by message).
+    pub fn create_socketpairs<'a>(
+        &mut self,
+        all: impl Iterator<Item = &'a Fds> + Clone,
+    ) -> Result<()> {
+        let mut queues: HashMap<u64, &Vec<Vec<u8>>> = HashMap::new();
+        let mut ends: Vec<&crate::image::proto::UnixSocket> = Vec::new();
+        for entry in all.flat_map(|fds| &fds.fds) {
+            if let Some(fd::File::Unix(u)) = &entry.file
+                && u.has_queue
+            {
+                queues.insert(u.inode, &u.queue);
+                ends.push(u);
+            }
+        }
+        for end in ends {
+            if self.sockets.contains_key(&end.inode) {
+                continue;
+            }
+            let what = || format!("socket:[{}]", end.inode);
+            let kind = match end.sock_type as i32 {
+                libc::SOCK_STREAM => SockType::Stream,
+                libc::SOCK_DGRAM => SockType::Datagram,
+                libc::SOCK_SEQPACKET => SockType::SeqPacket,
+                other => bail!("socket:[{}]: unix socket type {other}", end.inode),
+            };
+            let (mine, peer) = socketpair(AddressFamily::Unix, kind, None, SockFlag::SOCK_CLOEXEC)
+                .with_context(what)?;
+            // Messages queued for one end are sent by the other.
+            for (reader, sender) in [(end.inode, &peer), (end.peer, &mine)] {
+                for message in queues.get(&reader).copied().into_iter().flatten() {
+                    let sent =
+                        nix::sys::socket::send(sender.as_raw_fd(), message, MsgFlags::MSG_DONTWAIT)
+                            .with_context(what)?;
+                    if sent != message.len() {
+                        bail!(
+                            "socket:[{reader}]: could queue only {sent} of {} bytes",
+                            message.len()
+                        );
+                    }
+                }
+            }
+            self.sockets
+                .insert(end.inode, Some(hold_above(mine, self.floor)?));
+            self.sockets
+                .insert(end.peer, Some(hold_above(peer, self.floor)?));
         }
         Ok(())
     }
@@ -317,6 +371,14 @@ impl OpenedFiles {
             // (see task::restore_in_task): an epoll item is keyed by the fd number.
             Some(fd::File::Epoll(_)) => {
                 crate::sys::fd::epoll(libc::O_CLOEXEC).with_context(|| format!("{what}: epoll"))?
+            }
+            Some(fd::File::Unix(u)) => {
+                let Some(end) = self.sockets.get_mut(&u.inode).and_then(Option::take) else {
+                    bail!("{what}: socket:[{}] has no saved peer", u.inode);
+                };
+                let flags = OFlag::from_bits_truncate(u.flags as i32) & OFlag::O_NONBLOCK;
+                fcntl(end.as_fd(), FcntlArg::F_SETFL(flags))?;
+                end
             }
             None => bail!("{what}: empty fd entry"),
         };

@@ -413,6 +413,12 @@ fn restore_tree(images: &ImageDir, processes: &[ProcessImages], pidns: bool) -> 
             .filter_map(|p| p.images.as_ref())
             .map(|l| &l.fds),
     )?;
+    opened.create_socketpairs(
+        processes
+            .iter()
+            .filter_map(|p| p.images.as_ref())
+            .map(|l| &l.fds),
+    )?;
     let mut plans = Vec::new();
     for (index, process) in processes.iter().enumerate() {
         let (report_read, report_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;

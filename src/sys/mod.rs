@@ -10,6 +10,7 @@ pub mod mem;
 pub mod pidfd;
 pub mod probe;
 pub mod ptrace;
+pub mod socket;
 
 use std::io;
 

@@ -187,7 +187,9 @@ impl FdSnap {
     fn verify(&self, what: &str, chk: &mut Check) {
         let now = FdSnap::take(self.fd);
         let fd = self.fd;
-        let both_pipes = self.link().starts_with(b"pipe:[") && now.link().starts_with(b"pipe:[");
+        // A restored pipe or socket is a new object with a new inode number.
+        let both_pipes = (self.link().starts_with(b"pipe:[") && now.link().starts_with(b"pipe:["))
+            || (self.link().starts_with(b"socket:[") && now.link().starts_with(b"socket:["));
         if now.link() != self.link() && !both_pipes {
             fail!(
                 chk,
@@ -1187,6 +1189,7 @@ pub fn memfd(ctx: &Ctx, bufs: &mut MapsBufs) -> ! {
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Socket,
+    Listen,
     Signalfd,
     Timerfd,
     Epoll,
@@ -1198,6 +1201,7 @@ impl Kind {
     pub fn from_scenario(name: &str) -> Option<Kind> {
         Some(match name {
             "unsupported" => Kind::Socket,
+            "unsupported-listen" => Kind::Listen,
             "unsupported-signalfd" => Kind::Signalfd,
             "unsupported-timerfd" => Kind::Timerfd,
             "unsupported-epoll" => Kind::Epoll,
@@ -1245,6 +1249,28 @@ impl Unsupported {
                 place(sv[1], UNS_B, false)?;
                 sys::write_all(UNS_A, b"ping").map_err(|e| format!("send ping: errno {e}"))?;
                 n = 2;
+            }
+            Kind::Listen => {
+                let path = ctx.path("listen.sock");
+                // SAFETY: socket/bind/listen with a live sockaddr_un of this scenario.
+                unsafe {
+                    let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+                    if fd < 0 {
+                        return Err(fail("socket"));
+                    }
+                    let mut addr: libc::sockaddr_un = std::mem::zeroed();
+                    addr.sun_family = libc::AF_UNIX as u16;
+                    for (dst, src) in addr.sun_path.iter_mut().zip(path.as_bytes()) {
+                        *dst = *src as libc::c_char;
+                    }
+                    let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+                    if libc::bind(fd, (&addr as *const libc::sockaddr_un).cast(), len) != 0
+                        || libc::listen(fd, 4) != 0
+                    {
+                        return Err(fail("bind/listen"));
+                    }
+                    place(fd, UNS_A, false)?;
+                }
             }
             Kind::Signalfd => {
                 // SAFETY: an all-zero sigset_t is valid; sigemptyset/sigaddset fill it in.
@@ -1399,6 +1425,26 @@ impl Unsupported {
                     );
                 }
             }
+            Kind::Listen => {
+                let mut on: i32 = 0;
+                let mut len = 4 as libc::socklen_t;
+                // SAFETY: getsockopt writes an int into a live variable.
+                let r = unsafe {
+                    libc::getsockopt(
+                        UNS_A,
+                        libc::SOL_SOCKET,
+                        libc::SO_ACCEPTCONN,
+                        (&mut on as *mut i32).cast(),
+                        &mut len,
+                    )
+                };
+                if r != 0 || on != 1 {
+                    fail!(
+                        chk,
+                        "listening socket fd {UNS_A}: SO_ACCEPTCONN {on} (r {r})"
+                    );
+                }
+            }
             Kind::Inotify => {
                 let _ = poll_in(UNS_A, PROMPT_MS);
                 let n = match read_once(UNS_A, &mut self.events) {
@@ -1441,8 +1487,9 @@ impl crate::parts::Part for Unsupported {
 
     fn verify(&mut self, chk: &mut Check) {
         verify_snaps("unsupported", &self.before[..self.n], chk);
-        // /proc/self/fdinfo is the same (a timer's remaining time moves: not compared).
-        if self.kind != Kind::Timerfd {
+        // /proc/self/fdinfo is the same (a timer's remaining time moves, a restored socket has
+        // a new inode: not compared).
+        if self.kind != Kind::Timerfd && self.kind != Kind::Socket {
             for i in 0..self.n {
                 let fd = self.fds()[i];
                 let before = &self.info_before[i][..self.info_len[i]];

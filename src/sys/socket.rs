@@ -1,0 +1,172 @@
+//! Unix sockets as the kernel describes them (sock_diag over netlink) and a socket's receive
+//! queue read without consuming it (SO_PEEK_OFF + MSG_PEEK).
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use super::check;
+
+/// What sock_diag says of one unix socket.
+#[derive(Debug, Clone, Default)]
+pub struct UnixInfo {
+    pub sock_type: u8,
+    pub state: u8,
+    pub peer: u32,
+    pub name: Option<Vec<u8>>,
+}
+
+const NETLINK_SOCK_DIAG: i32 = 4;
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+const NLM_F_REQUEST: u16 = 1;
+const NLM_F_DUMP: u16 = 0x300;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const UDIAG_SHOW_NAME: u32 = 1;
+const UDIAG_SHOW_PEER: u32 = 4;
+const UNIX_DIAG_NAME: u16 = 0;
+const UNIX_DIAG_PEER: u16 = 2;
+
+/// Every unix socket of this network namespace, by inode.
+pub fn unix_sockets() -> io::Result<HashMap<u32, UnixInfo>> {
+    // SAFETY: a new netlink socket, owned below.
+    let fd = check(unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            NETLINK_SOCK_DIAG,
+        )
+    } as libc::c_long)?;
+    // SAFETY: fd is fresh and ours.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let mut request = Vec::with_capacity(40);
+    request.extend_from_slice(&40u32.to_ne_bytes());
+    request.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    request.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    request.extend_from_slice(&1u32.to_ne_bytes());
+    request.extend_from_slice(&0u32.to_ne_bytes());
+    // struct unix_diag_req
+    request.push(libc::AF_UNIX as u8);
+    request.push(0);
+    request.extend_from_slice(&0u16.to_ne_bytes());
+    request.extend_from_slice(&u32::MAX.to_ne_bytes());
+    request.extend_from_slice(&0u32.to_ne_bytes());
+    request.extend_from_slice(&(UDIAG_SHOW_NAME | UDIAG_SHOW_PEER).to_ne_bytes());
+    request.extend_from_slice(&[0xff; 8]);
+    // SAFETY: the kernel reads request.len() bytes of a live buffer.
+    check(
+        unsafe { libc::send(sock.as_raw_fd(), request.as_ptr().cast(), request.len(), 0) }
+            as libc::c_long,
+    )?;
+    let mut sockets = HashMap::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        // SAFETY: the kernel writes at most buf.len() bytes into buf.
+        let n = check(
+            unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) }
+                as libc::c_long,
+        )? as usize;
+        let mut at = 0;
+        while at + 16 <= n {
+            let len = u32::from_ne_bytes(buf[at..at + 4].try_into().unwrap()) as usize;
+            let kind = u16::from_ne_bytes(buf[at + 4..at + 6].try_into().unwrap());
+            if len < 16 || at + len > n {
+                return Err(io::Error::other("malformed sock_diag answer"));
+            }
+            match kind {
+                NLMSG_DONE => return Ok(sockets),
+                NLMSG_ERROR => return Err(io::Error::other("sock_diag refused the request")),
+                _ => {
+                    let msg = &buf[at + 16..at + len];
+                    if msg.len() >= 16 {
+                        let inode = u32::from_ne_bytes(msg[4..8].try_into().unwrap());
+                        let mut info = UnixInfo {
+                            sock_type: msg[1],
+                            state: msg[2],
+                            ..Default::default()
+                        };
+                        let mut attr = 16;
+                        while attr + 4 <= msg.len() {
+                            let alen = u16::from_ne_bytes(msg[attr..attr + 2].try_into().unwrap())
+                                as usize;
+                            let atype =
+                                u16::from_ne_bytes(msg[attr + 2..attr + 4].try_into().unwrap());
+                            if alen < 4 || attr + alen > msg.len() {
+                                break;
+                            }
+                            let data = &msg[attr + 4..attr + alen];
+                            match atype {
+                                UNIX_DIAG_NAME => info.name = Some(data.to_vec()),
+                                UNIX_DIAG_PEER if data.len() >= 4 => {
+                                    info.peer = u32::from_ne_bytes(data[0..4].try_into().unwrap())
+                                }
+                                _ => {}
+                            }
+                            attr += (alen + 3) & !3;
+                        }
+                        sockets.insert(inode, info);
+                    }
+                }
+            }
+            at += (len + 3) & !3;
+        }
+    }
+}
+
+/// The messages queued for reading on a socket (rcr's copy of it), in order, without
+/// consuming them: one entry per datagram, or the whole byte stream as one. Fails on queued
+/// ancillary data (fds or credentials in flight).
+pub fn peek_queue(sock: &impl AsRawFd) -> io::Result<Vec<Vec<u8>>> {
+    let fd = sock.as_raw_fd();
+    let set_peek_off = |off: i32| {
+        // SAFETY: setsockopt reads an int from a live variable.
+        check(unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_PEEK_OFF,
+                (&off as *const i32).cast(),
+                4,
+            )
+        } as libc::c_long)
+    };
+    set_peek_off(0)?;
+    let mut messages = Vec::new();
+    let mut result = Ok(());
+    loop {
+        let mut data = vec![0u8; 256 * 1024];
+        let mut control = [0u8; 256];
+        let mut iov = libc::iovec {
+            iov_base: data.as_mut_ptr().cast(),
+            iov_len: data.len(),
+        };
+        // SAFETY: msghdr points at live buffers of the sizes it states.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = control.len();
+        // SAFETY: recvmsg writes into the buffers described by msg.
+        let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EAGAIN) {
+                result = Err(err);
+            }
+            break;
+        }
+        if msg.msg_controllen > 0 {
+            result = Err(io::Error::other(
+                "file descriptors or credentials in flight",
+            ));
+            break;
+        }
+        if n == 0 {
+            break;
+        }
+        data.truncate(n as usize);
+        messages.push(data);
+    }
+    set_peek_off(-1)?;
+    result.map(|()| messages)
+}
