@@ -161,6 +161,7 @@ fn unix_socket(
     fd: i32,
     inode: u64,
     flags: u32,
+    copy: Option<&std::os::fd::OwnedFd>,
     ids: &mut FileIds,
 ) -> Result<Option<UnixSocket>> {
     if ids.unix.is_none() {
@@ -178,14 +179,13 @@ fn unix_socket(
     if info.state != TCP_ESTABLISHED || info.peer == 0 || info.name.is_some() {
         return Ok(None);
     }
+    // A socket has one description: its first fd in the tree comes with a copy of it.
     let first = ids.saved.insert(inode);
-    let queue = if first {
-        let pidfd = pidfd::pidfd_open(pid)?;
-        let copy = pidfd::pidfd_getfd(&pidfd, fd)?;
-        crate::sys::socket::peek_queue(&copy)
-            .with_context(|| format!("pid {pid} fd {fd}: unix socket queue"))?
-    } else {
-        Vec::new()
+    let queue = match copy {
+        Some(copy) if first => crate::sys::socket::peek_queue(copy)
+            .with_context(|| format!("pid {pid} fd {fd}: unix socket queue"))?,
+        None if first => bail!("pid {pid} fd {fd}: unix socket without a description copy"),
+        _ => Vec::new(),
     };
     ids.sockets.push((pid, fd, u64::from(info.peer)));
     ids.socket_inodes.insert(inode);
@@ -296,6 +296,20 @@ pub fn collect(pid: i32, images: &ImageDir, ids: &mut FileIds) -> Result<Fds> {
         let key = (meta.dev(), meta.ino());
         let (file_id, same_as) = ids.id_of(key, pid, fd)?;
         let dup_of = same_as.filter(|(p, _)| *p == pid).map(|(_, f)| f);
+        // The first fd of each description: one copy of it in rcr, for what only the
+        // description tells (owner and signal, a socket's queue).
+        let copy = if same_as.is_none() {
+            let pidfd = match &pidfd {
+                Some(pidfd) => pidfd,
+                None => pidfd.insert(pidfd::pidfd_open(pid)?),
+            };
+            Some(
+                pidfd::pidfd_getfd(pidfd, fd)
+                    .with_context(|| format!("pid {pid} fd {fd}: cannot take a copy"))?,
+            )
+        } else {
+            None
+        };
         let file_type = meta.file_type();
         let file = if let Some(name) = memfd_name(&link) {
             let (size, seals) = save_memfd(&proc_path, meta.ino(), images, ids)?;
@@ -393,7 +407,7 @@ pub fn collect(pid: i32, images: &ImageDir, ids: &mut FileIds) -> Result<Fds> {
         } else if link == "anon_inode:[eventpoll]" {
             fd::File::Epoll(epoll_of(pid, fd, &info, flags)?)
         } else if link.starts_with("socket:[")
-            && let Some(socket) = unix_socket(pid, fd, meta.ino(), flags, ids)?
+            && let Some(socket) = unix_socket(pid, fd, meta.ino(), flags, copy.as_ref(), ids)?
         {
             fd::File::Unix(socket)
         } else {
@@ -406,18 +420,10 @@ pub fn collect(pid: i32, images: &ImageDir, ids: &mut FileIds) -> Result<Fds> {
             };
             bail!("pid {pid} fd {fd}: unsupported file kind {kind} ({link})");
         };
-        // Owner and signal belong to the description: read once, through a copy of it.
-        let (owner_kind, owner_pid, signal) = if same_as.is_none() {
-            let pidfd = match &pidfd {
-                Some(pidfd) => pidfd,
-                None => pidfd.insert(pidfd::pidfd_open(pid)?),
-            };
-            let copy = pidfd::pidfd_getfd(pidfd, fd)
-                .with_context(|| format!("pid {pid} fd {fd}: cannot take a copy"))?;
-            crate::sys::fd::owner_and_signal(&copy).unwrap_or((0, 0, 0))
-        } else {
-            (0, 0, 0)
-        };
+        // Owner and signal belong to the description: read once, through the copy.
+        let (owner_kind, owner_pid, signal) = copy.as_ref().map_or((0, 0, 0), |c| {
+            crate::sys::fd::owner_and_signal(c).unwrap_or((0, 0, 0))
+        });
         fds.push(Fd {
             fd,
             cloexec,

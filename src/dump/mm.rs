@@ -14,25 +14,24 @@ pub struct Stat {
 
 impl Stat {
     pub fn read(pid: i32) -> Result<Stat> {
-        let text = fs::read_to_string(format!("/proc/{pid}/stat"))
-            .with_context(|| format!("pid {pid} does not exist"))?;
-        let after_comm = text
-            .rfind(')')
-            .map(|i| &text[i + 1..])
-            .with_context(|| format!("pid {pid}: unreadable /proc/{pid}/stat"))?;
-        Ok(Stat {
-            fields: after_comm.split_whitespace().map(str::to_owned).collect(),
-        })
+        Stat::parse(&format!("/proc/{pid}/stat"), &format!("pid {pid}"))
     }
 
     /// /proc/PID/task/TID/stat: the per-thread values (nice, policy...).
     pub fn read_task(pid: i32, tid: i32) -> Result<Stat> {
-        let text = fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat"))
-            .with_context(|| format!("tid {tid} does not exist"))?;
+        Stat::parse(
+            &format!("/proc/{pid}/task/{tid}/stat"),
+            &format!("tid {tid}"),
+        )
+    }
+
+    /// The fields after the comm (which may hold spaces and parentheses: cut at the last ')').
+    fn parse(path: &str, what: &str) -> Result<Stat> {
+        let text = fs::read_to_string(path).with_context(|| format!("{what} does not exist"))?;
         let after_comm = text
             .rfind(')')
             .map(|i| &text[i + 1..])
-            .with_context(|| format!("tid {tid}: unreadable stat"))?;
+            .with_context(|| format!("{what}: unreadable {path}"))?;
         Ok(Stat {
             fields: after_comm.split_whitespace().map(str::to_owned).collect(),
         })

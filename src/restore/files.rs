@@ -82,7 +82,7 @@ impl OpenedFiles {
     }
 
     /// Notes which descriptions only one process uses, from every process' fds.
-    pub fn count_users<'a>(&mut self, all: impl Iterator<Item = &'a Fds>) {
+    pub fn count_users(&mut self, all: &[&Fds]) {
         let mut users: HashMap<u64, usize> = HashMap::new();
         for fds in all {
             let ids: std::collections::HashSet<u64> = fds.fds.iter().map(|f| f.file_id).collect();
@@ -98,8 +98,8 @@ impl OpenedFiles {
     }
 
     /// Creates every pipe of the tree with its size and unread data.
-    pub fn create_pipes<'a>(&mut self, all: impl Iterator<Item = &'a Fds>) -> Result<()> {
-        for entry in all.flat_map(|fds| &fds.fds) {
+    pub fn create_pipes(&mut self, all: &[&Fds]) -> Result<()> {
+        for entry in all.iter().flat_map(|fds| &fds.fds) {
             let Some(fd::File::Pipe(pipe)) = &entry.file else {
                 continue;
             };
@@ -130,13 +130,10 @@ impl OpenedFiles {
 
     /// Creates every connected unix socket pair of the tree and refills both queues (what
     /// one end had to read is sent again from the other end, message by message).
-    pub fn create_socketpairs<'a>(
-        &mut self,
-        all: impl Iterator<Item = &'a Fds> + Clone,
-    ) -> Result<()> {
+    pub fn create_socketpairs(&mut self, all: &[&Fds]) -> Result<()> {
         let mut queues: HashMap<u64, &Vec<Vec<u8>>> = HashMap::new();
         let mut ends: Vec<&crate::image::proto::UnixSocket> = Vec::new();
-        for entry in all.flat_map(|fds| &fds.fds) {
+        for entry in all.iter().flat_map(|fds| &fds.fds) {
             if let Some(fd::File::Unix(u)) = &entry.file
                 && u.has_queue
             {

@@ -400,25 +400,15 @@ fn restore_tree(images: &ImageDir, processes: &[ProcessImages], pidns: bool) -> 
         shared_objects.insert(inode, object);
     }
 
+    let all_fds: Vec<&Fds> = processes
+        .iter()
+        .filter_map(|p| p.images.as_ref())
+        .map(|l| &l.fds)
+        .collect();
     let mut opened = files::OpenedFiles::new(images, floor);
-    opened.count_users(
-        processes
-            .iter()
-            .filter_map(|p| p.images.as_ref())
-            .map(|l| &l.fds),
-    );
-    opened.create_pipes(
-        processes
-            .iter()
-            .filter_map(|p| p.images.as_ref())
-            .map(|l| &l.fds),
-    )?;
-    opened.create_socketpairs(
-        processes
-            .iter()
-            .filter_map(|p| p.images.as_ref())
-            .map(|l| &l.fds),
-    )?;
+    opened.count_users(&all_fds);
+    opened.create_pipes(&all_fds)?;
+    opened.create_socketpairs(&all_fds)?;
     let mut plans = Vec::new();
     for (index, process) in processes.iter().enumerate() {
         let (report_read, report_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;

@@ -3,6 +3,25 @@
 use std::io;
 use std::ptr::NonNull;
 
+/// A fresh read-write anonymous mapping (MAP_PRIVATE or MAP_SHARED) that nothing references.
+fn map_anonymous(len: usize, sharing: i32) -> io::Result<NonNull<u8>> {
+    // SAFETY: a new mapping at an address the kernel picks; nothing else references it.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            sharing | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(NonNull::new(ptr.cast()).expect("mmap returned null"))
+}
+
 /// An anonymous private mapping, unmapped on drop.
 pub struct AnonMapping {
     ptr: NonNull<u8>,
@@ -11,22 +30,8 @@ pub struct AnonMapping {
 
 impl AnonMapping {
     pub fn new(len: usize) -> io::Result<AnonMapping> {
-        // SAFETY: a fresh anonymous mapping that nothing else references.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
         Ok(AnonMapping {
-            ptr: NonNull::new(ptr.cast()).expect("mmap returned null"),
+            ptr: map_anonymous(len, libc::MAP_PRIVATE)?,
             len,
         })
     }
@@ -47,20 +52,9 @@ impl Drop for AnonMapping {
 /// A new shared anonymous memory object (what mmap(MAP_SHARED|MAP_ANONYMOUS) creates, shown
 /// as "/dev/zero (deleted)"), as a file descriptor that other processes can map.
 pub fn shared_anon_object(len: usize) -> io::Result<std::os::fd::OwnedFd> {
-    // SAFETY: a fresh shared mapping that nothing else references; unmapped below.
-    let ptr = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    if ptr == libc::MAP_FAILED {
-        return Err(io::Error::last_os_error());
-    }
+    let ptr = map_anonymous(len, libc::MAP_SHARED)?
+        .as_ptr()
+        .cast::<libc::c_void>();
     let start = ptr as usize;
     let path = format!("/proc/self/map_files/{:x}-{:x}", start, start + len);
     let file = std::fs::OpenOptions::new()
