@@ -1,0 +1,256 @@
+//! Open file descriptors, one module per kind: regular files and directories, the common
+//! character devices, pipes and FIFOs (with their unread data), unix sockets (with their
+//! queues), eventfd, signalfd, timerfd, epoll, memfd, file locks; plus cwd and root. Any
+//! other kind fails the dump with the pid, fd and kind named.
+
+mod chardev;
+mod epoll;
+mod eventfd;
+mod locks;
+mod memfd;
+mod pipe;
+mod regular;
+mod signalfd;
+mod timerfd;
+mod unix;
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+
+use anyhow::{Context, Result, bail};
+
+pub use chardev::PORTABLE_CHAR_DEVICES;
+pub use locks::collect_locks;
+pub use memfd::save_memfd;
+
+use crate::image::ImageDir;
+use crate::image::proto::{Fd, Fds, fd};
+use crate::sys::pidfd;
+
+struct FdInfo {
+    pos: u64,
+    flags: u32,
+    text: String,
+}
+
+fn read_fdinfo(pid: i32, fd: i32) -> Result<FdInfo> {
+    let text = fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))
+        .with_context(|| format!("pid {pid} fd {fd}: cannot read fdinfo"))?;
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+            .with_context(|| format!("pid {pid} fd {fd}: no {name} in fdinfo"))
+    };
+    Ok(FdInfo {
+        pos: field("pos:")?.parse()?,
+        flags: u32::from_str_radix(field("flags:")?, 8)?,
+        text: text.clone(),
+    })
+}
+
+impl FdInfo {
+    fn field(&self, name: &str) -> Option<&str> {
+        self.text
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+    }
+}
+
+/// What each kind's dump gets to know of one fd.
+#[derive(Clone, Copy)]
+struct OneFd<'a> {
+    pid: i32,
+    fd: i32,
+    /// Its /proc/PID/fd link ("/path", "pipe:[N]", "anon_inode:[eventfd]"...).
+    link: &'a str,
+    /// /proc/PID/fd/FD, to open or stat the file itself.
+    proc_path: &'a str,
+    meta: &'a fs::Metadata,
+    info: &'a FdInfo,
+    /// Status flags without O_CLOEXEC.
+    flags: u32,
+    /// rcr's copy of the description (pidfd_getfd), for the first fd of each description.
+    copy: Option<&'a OwnedFd>,
+    images: &'a ImageDir,
+}
+
+/// One fd of the dumped tree: (pid, fd, description id).
+type FdOfTree = (i32, i32, u64);
+
+/// Open file descriptions of the whole dumped tree: fds that are the same description (dup,
+/// fork) get the same id, found with kcmp among fds on the same inode.
+#[derive(Default)]
+pub struct FileIds {
+    by_inode: HashMap<(u64, u64), Vec<FdOfTree>>,
+    next: u64,
+    /// Pipes and memfds whose content is already saved.
+    saved: HashSet<u64>,
+    /// sock_diag's view of the unix sockets, read on first need.
+    unix: Option<HashMap<u32, crate::sys::socket::UnixInfo>>,
+    /// Unix sockets of the tree: (pid, fd, peer inode), and their inodes.
+    sockets: Vec<(i32, i32, u64)>,
+    socket_inodes: HashSet<u64>,
+}
+
+impl FileIds {
+    /// Every unix socket of the tree must have its peer in the tree: the other end of a
+    /// connection to the outside cannot be restored.
+    pub fn check_peers(&self) -> Result<()> {
+        for &(pid, fd, peer) in &self.sockets {
+            if !self.socket_inodes.contains(&peer) {
+                bail!(
+                    "pid {pid} fd {fd}: unix socket connected to socket:[{peer}] outside the dumped tree is not supported"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The description id of `pid`'s `fd`, and an earlier fd of the same description. The
+    /// fds of one inode are kept sorted in kcmp order, so a thousand opens of one file cost
+    /// a binary search each, not a comparison with every other.
+    fn id_of(&mut self, key: (u64, u64), pid: i32, fd: i32) -> Result<(u64, Option<(i32, i32)>)> {
+        let sorted = self.by_inode.entry(key).or_default();
+        let mut error = None;
+        let found = sorted.binary_search_by(|&(other_pid, other_fd, _)| {
+            pidfd::compare_open_files(other_pid, other_fd, pid, fd).unwrap_or_else(|e| {
+                error.get_or_insert(e);
+                std::cmp::Ordering::Less
+            })
+        });
+        if let Some(err) = error {
+            return Err(err).with_context(|| format!("pid {pid} fd {fd}: kcmp"));
+        }
+        match found {
+            Ok(index) => {
+                let (other_pid, other_fd, id) = sorted[index];
+                Ok((id, Some((other_pid, other_fd))))
+            }
+            Err(index) => {
+                self.next += 1;
+                sorted.insert(index, (pid, fd, self.next));
+                Ok((self.next, None))
+            }
+        }
+    }
+}
+
+pub fn collect(pid: i32, images: &ImageDir, ids: &mut FileIds) -> Result<Fds> {
+    let mut numbers: Vec<i32> = fs::read_dir(format!("/proc/{pid}/fd"))
+        .with_context(|| format!("pid {pid}: cannot list fds"))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    numbers.sort_unstable();
+    let mut fds = Vec::with_capacity(numbers.len());
+    let mut pidfd = None;
+    for fd in numbers {
+        let proc_path = format!("/proc/{pid}/fd/{fd}");
+        let link = fs::read_link(&proc_path)
+            .with_context(|| format!("pid {pid} fd {fd}: cannot read link"))?
+            .to_string_lossy()
+            .into_owned();
+        let info = read_fdinfo(pid, fd)?;
+        let cloexec = info.flags & libc::O_CLOEXEC as u32 != 0;
+        let flags = info.flags & !(libc::O_CLOEXEC as u32);
+        let meta = fs::metadata(&proc_path)
+            .with_context(|| format!("pid {pid} fd {fd}: cannot stat {link}"))?;
+        let key = (meta.dev(), meta.ino());
+        let (file_id, same_as) = ids.id_of(key, pid, fd)?;
+        let dup_of = same_as.filter(|(p, _)| *p == pid).map(|(_, f)| f);
+        // The first fd of each description: one copy of it in rcr, for what only the
+        // description tells (owner and signal, a socket's queue).
+        let copy = if same_as.is_none() {
+            let pidfd = match &pidfd {
+                Some(pidfd) => pidfd,
+                None => pidfd.insert(pidfd::pidfd_open(pid)?),
+            };
+            Some(
+                pidfd::pidfd_getfd(pidfd, fd)
+                    .with_context(|| format!("pid {pid} fd {fd}: cannot take a copy"))?,
+            )
+        } else {
+            None
+        };
+        let file_type = meta.file_type();
+        let one = OneFd {
+            pid,
+            fd,
+            link: &link,
+            proc_path: &proc_path,
+            meta: &meta,
+            info: &info,
+            flags,
+            copy: copy.as_ref(),
+            images,
+        };
+        let file = if let Some(memfd) = memfd::dump(&one, ids)? {
+            fd::File::Memfd(memfd)
+        } else if (file_type.is_file() || file_type.is_dir()) && link.starts_with('/') {
+            fd::File::Regular(regular::dump(&one, ids)?)
+        } else if file_type.is_char_device()
+            && let Some(device) = chardev::dump(&one)?
+        {
+            fd::File::Chardev(device)
+        } else if file_type.is_fifo() && (link.starts_with("pipe:") || link.starts_with('/')) {
+            fd::File::Pipe(pipe::dump(&one, ids)?)
+        } else if link == "anon_inode:[eventfd]" {
+            fd::File::Eventfd(eventfd::dump(&one)?)
+        } else if link == "anon_inode:[signalfd]" {
+            fd::File::Signalfd(signalfd::dump(&one)?)
+        } else if link == "anon_inode:[timerfd]" {
+            fd::File::Timerfd(timerfd::dump(&one)?)
+        } else if link == "anon_inode:[eventpoll]" {
+            fd::File::Epoll(epoll::dump(&one)?)
+        } else if link.starts_with("socket:[")
+            && let Some(socket) = unix::dump(&one, ids)?
+        {
+            fd::File::Unix(socket)
+        } else {
+            let kind = if link.starts_with("socket:") {
+                "socket".to_owned()
+            } else if file_type.is_fifo() {
+                "FIFO".to_owned()
+            } else if file_type.is_char_device() {
+                let rdev = meta.rdev();
+                format!(
+                    "character device {}:{}",
+                    libc::major(rdev),
+                    libc::minor(rdev)
+                )
+            } else {
+                link.clone()
+            };
+            bail!("pid {pid} fd {fd}: unsupported file kind {kind} ({link})");
+        };
+        // Owner and signal belong to the description: read once, through the copy.
+        let (owner_kind, owner_pid, signal) = copy.as_ref().map_or((0, 0, 0), |c| {
+            crate::sys::fd::owner_and_signal(c).unwrap_or((0, 0, 0))
+        });
+        fds.push(Fd {
+            fd,
+            cloexec,
+            file: Some(file),
+            dup_of,
+            file_id,
+            owner_kind,
+            owner_pid,
+            signal,
+        });
+    }
+    let link = |name: &str| -> Result<String> {
+        Ok(fs::read_link(format!("/proc/{pid}/{name}"))
+            .with_context(|| format!("pid {pid}: cannot read {name}"))?
+            .to_string_lossy()
+            .into_owned())
+    };
+    Ok(Fds {
+        fds,
+        cwd: link("cwd")?,
+        root: link("root")?,
+        locks: Vec::new(),
+    })
+}
