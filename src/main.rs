@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use rcr::dump::{AfterDump, DumpOptions};
+use rcr::image::proto::ExternalUnix;
 use rcr::restore::RestoreOptions;
 
 #[derive(Parser)]
@@ -25,6 +26,12 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ExternalUnixMode {
+    Reconnect,
+    Disconnect,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Dump a process into a directory of images.
@@ -41,6 +48,11 @@ enum Command {
         /// Leave the process stopped (SIGSTOP) after the dump.
         #[arg(long)]
         leave_stopped: bool,
+        /// What to do with unix sockets whose peer is outside the dumped tree (refused
+        /// without this): connect again to the peer's address at restore, or restore them
+        /// as if the peer had closed its end.
+        #[arg(long, value_name = "MODE")]
+        external_unix: Option<ExternalUnixMode>,
     },
     /// Restore a process from a directory of images.
     Restore {
@@ -83,6 +95,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             dir,
             leave_running,
             leave_stopped,
+            external_unix,
         } => {
             let after = if leave_running {
                 AfterDump::LeaveRunning
@@ -91,7 +104,17 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             } else {
                 AfterDump::Kill
             };
-            rcr::dump::dump(&DumpOptions { pid, dir, after })?;
+            let external_unix = match external_unix {
+                None => ExternalUnix::Refuse,
+                Some(ExternalUnixMode::Reconnect) => ExternalUnix::Reconnect,
+                Some(ExternalUnixMode::Disconnect) => ExternalUnix::Disconnect,
+            };
+            rcr::dump::dump(&DumpOptions {
+                pid,
+                dir,
+                after,
+                external_unix,
+            })?;
             Ok(0)
         }
         Command::Restore {

@@ -531,13 +531,38 @@ fn text_fds(out: &mut String, pid: u32, fds: &Fds) {
                 t.clock, t.value_ns, t.interval_ns
             ),
             Some(fd::File::Epoll(e)) => format!("epoll with {} targets", e.targets.len()),
-            Some(fd::File::Unix(u)) => format!(
-                "unix socket:[{}] type {} peer socket:[{}] {} queued messages",
-                u.inode,
-                u.sock_type,
-                u.peer,
-                u.queue.len()
-            ),
+            Some(fd::File::Unix(u)) => {
+                let kind = match u.sock_type as i32 {
+                    libc::SOCK_STREAM => "stream",
+                    libc::SOCK_DGRAM => "dgram",
+                    libc::SOCK_SEQPACKET => "seqpacket",
+                    _ => "type?",
+                };
+                let mut text = format!("unix {kind} socket:[{}]", u.inode);
+                if !u.name.is_empty() {
+                    let _ = write!(text, " at {}", crate::dump::files::printable(&u.name));
+                }
+                if u.state == crate::dump::files::TCP_LISTEN {
+                    let _ = write!(
+                        text,
+                        " listening (backlog {}, {} waiting)",
+                        u.backlog,
+                        u.pending.len()
+                    );
+                } else if u.peer != 0 {
+                    let _ = write!(text, " peer socket:[{}]", u.peer);
+                }
+                if u.accepted {
+                    text.push_str(" accepted");
+                }
+                if u.waiting {
+                    text.push_str(" waiting to be accepted");
+                }
+                if u.has_queue {
+                    let _ = write!(text, " {} queued messages", u.queue.len());
+                }
+                text
+            }
             None => "unknown file type".to_owned(),
         };
         let _ = writeln!(out, "  {:>4} {what}{cloexec}{dup} file {}", f.fd, f.file_id);

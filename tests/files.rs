@@ -162,7 +162,7 @@ fn refused(name: &str, scenario: &str, fds: &[i32], words: &[&str]) {
     w.assert_pass();
 }
 
-/// A unix socketpair at fds 10 and 11.
+/// A TCP listener (a socket family rcr does not restore) at fd 10.
 #[test]
 fn unsupported_kind_is_refused() {
     refused(
@@ -237,4 +237,114 @@ fn unsupported_inotify_is_refused() {
         &[10],
         &["inotify"],
     );
+}
+
+/// Unix sockets beyond pairs, in one process (see src/bin/rcr-workload/unix.rs): listeners
+/// at a path and an abstract address with connections waiting to be accepted (in order),
+/// accepted connections with data queued both ways, seqpacket boundaries and a shutdown,
+/// datagrams with their senders' addresses, a connected datagram socket, a socket whose peer
+/// has gone (data, then EOF), a listener whose file was removed; addresses and socket file
+/// modes as before.
+#[test]
+fn unix_sockets() {
+    roundtrip("unix_sockets", "unix", 1);
+}
+
+/// The same with --leave-running: peeking the queues consumed nothing, the original goes on
+/// (its socket files stay behind when it exits), then the image is restored over them.
+#[test]
+fn unix_sockets_leave_running() {
+    leave_running_then_restore("unix_sockets_leave_running", "unix", 1);
+}
+
+/// Accepts one connection on `listener` within 20 s.
+fn accept_within(listener: &std::os::unix::net::UnixListener) -> std::os::unix::net::UnixStream {
+    listener
+        .set_nonblocking(true)
+        .expect("nonblocking listener");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        match listener.accept() {
+            Ok((conn, _)) => {
+                conn.set_nonblocking(false).expect("blocking connection");
+                conn.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+                    .expect("read timeout");
+                return conn;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no connection within 20 s"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
+}
+
+/// A socket connected to a listener of the test, outside the tree: the dump is refused,
+/// naming pid, fd and the option, and the tree runs on; with `--external-unix disconnect` it
+/// comes back as closed by its peer, after the data that peer had sent.
+#[test]
+fn unix_peer_outside_refused_or_disconnected() {
+    use std::io::Write;
+    let mut h = Harness::new("unix_peer_outside_disconnect");
+    let listener =
+        std::os::unix::net::UnixListener::bind(h.path("outside.sock")).expect("bind listener");
+    let w = h.spawn("unix-outside");
+    let mut conn = accept_within(&listener);
+    conn.write_all(b"queued")
+        .expect("queue data for the workload");
+    let img = h.path("img");
+    let line = h.dump(&w, &img, &[]).assert_refused().to_string();
+    for word in [
+        w.pid.to_string(),
+        "fd 10".into(),
+        "outside".into(),
+        "--external-unix".into(),
+    ] {
+        assert!(line.contains(&word), "the refusal names {word}: {line}");
+    }
+    h.assert_untouched_and_running(&w);
+    h.dump(&w, &img, &["--external-unix", "disconnect"])
+        .assert_ok_for(&w);
+    h.reap_dumped(&w);
+    drop(conn);
+    fs::write(w.dir.join("mode"), "disconnect").expect("write mode");
+    w.go();
+    h.restore(&w, &img, &[]).assert_ok_for(&w);
+    w.assert_pass();
+}
+
+/// With `--external-unix reconnect` the socket is connected again to the listener's address
+/// at restore: the test accepts the new connection and they talk.
+#[test]
+fn unix_peer_outside_reconnected() {
+    use std::io::{Read, Write};
+    let mut h = Harness::new("unix_peer_outside_reconnect");
+    let listener =
+        std::os::unix::net::UnixListener::bind(h.path("outside.sock")).expect("bind listener");
+    let w = h.spawn("unix-outside");
+    let first = accept_within(&listener);
+    let img = h.path("img");
+    h.dump(&w, &img, &["--external-unix", "reconnect"])
+        .assert_ok_for(&w);
+    h.reap_dumped(&w);
+    drop(first);
+    fs::write(w.dir.join("mode"), "reconnect").expect("write mode");
+    w.go();
+    let peer = std::thread::spawn(move || {
+        let mut conn = accept_within(&listener);
+        let mut ping = [0u8; 4];
+        conn.read_exact(&mut ping).expect("read ping");
+        assert_eq!(&ping, b"ping");
+        conn.write_all(b"pong").expect("write pong");
+        // Held until the workload has read it and exited.
+        let mut rest = Vec::new();
+        let _ = conn.read_to_end(&mut rest);
+    });
+    h.restore(&w, &img, &[]).assert_ok_for(&w);
+    w.assert_pass();
+    peer.join().expect("the test's side of the connection");
 }

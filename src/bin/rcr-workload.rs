@@ -50,6 +50,8 @@ mod sys;
 mod taskstate;
 #[path = "rcr-workload/threads.rs"]
 mod threads;
+#[path = "rcr-workload/unix.rs"]
+mod unix;
 #[path = "rcr-workload/vector.rs"]
 mod vector;
 
@@ -228,6 +230,14 @@ fn setup(scenario: &str, ctx: &Ctx) -> Result<Setup, String> {
             parts.push(Box::new(files::Fifo::new(ctx)?));
             parts.push(Box::new(files::Locks::new(ctx)?));
             parts.push(Box::new(parts::Stdio::new(ctx)?));
+            Wait::Poll
+        }
+        "unix" => {
+            parts.push(Box::new(unix::UnixSockets::new(ctx)?));
+            Wait::Poll
+        }
+        "unix-outside" => {
+            parts.push(Box::new(unix::Outside::new(ctx)?));
             Wait::Poll
         }
         "fdowner" => {

@@ -35,6 +35,8 @@ pub struct DumpOptions {
     pub pid: i32,
     pub dir: PathBuf,
     pub after: AfterDump,
+    /// What to do with unix sockets whose peer is outside the tree.
+    pub external_unix: image::proto::ExternalUnix,
 }
 
 /// Figures of one dump, for -v and the benchmarks.
@@ -60,7 +62,7 @@ pub fn dump(options: &DumpOptions) -> Result<DumpStats> {
     let images = ImageDir::create(&options.dir)?;
     let mut frozen = tree::seize_tree(pid, stat)?;
     let frozen_at = Instant::now();
-    let outcome = dump_frozen(&mut frozen, &images);
+    let outcome = dump_frozen(&mut frozen, &images, options);
     let mut stats = match outcome {
         Ok(stats) => {
             // The images are complete: now the tree may go.
@@ -89,13 +91,17 @@ pub fn dump(options: &DumpOptions) -> Result<DumpStats> {
 }
 
 /// Everything done while the tree is frozen.
-fn dump_frozen(frozen: &mut tree::Frozen, images: &ImageDir) -> Result<DumpStats> {
+fn dump_frozen(
+    frozen: &mut tree::Frozen,
+    images: &ImageDir,
+    options: &DumpOptions,
+) -> Result<DumpStats> {
     frozen.mask_signals(crate::parasite::PARASITE_SIGMASK)?;
     fault_point("after-seize")?;
     let pids: Vec<i32> = frozen.processes.iter().map(|p| p.pid).collect();
     let mut locks = files::collect_locks(&pids)?;
     let mut stats = DumpStats::default();
-    let mut file_ids = files::FileIds::default();
+    let mut file_ids = files::FileIds::new(options.external_unix);
     for process in frozen.processes.iter().filter(|p| p.zombie.is_none()) {
         let held = locks.remove(&process.pid).unwrap_or_default();
         stats.pages_bytes += dump_process(process, images, &mut file_ids, held)?;

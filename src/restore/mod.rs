@@ -408,7 +408,7 @@ fn restore_tree(images: &ImageDir, processes: &[ProcessImages], pidns: bool) -> 
     let mut opened = files::OpenedFiles::new(images, floor);
     opened.count_users(&all_fds);
     opened.create_pipes(&all_fds)?;
-    opened.create_socketpairs(&all_fds)?;
+    opened.create_unix_sockets(&all_fds)?;
     let mut plans = Vec::new();
     for (index, process) in processes.iter().enumerate() {
         let (report_read, report_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;

@@ -13,7 +13,18 @@ pub struct UnixInfo {
     pub sock_type: u8,
     pub state: u8,
     pub peer: u32,
+    /// The address as bound (sun_path bytes, a path without its trailing NUL).
     pub name: Option<Vec<u8>>,
+    /// The inode of the socket file a path name created.
+    pub vfs_inode: Option<u32>,
+    /// A listening socket: the client sockets waiting to be accepted, oldest first.
+    pub pending: Vec<u32>,
+    /// Listening: connections queued; otherwise bytes queued for reading.
+    pub rqueue: u32,
+    /// Listening: the backlog; otherwise bytes sent and not yet read by the peer.
+    pub wqueue: u32,
+    /// RCV_SHUTDOWN 1 | SEND_SHUTDOWN 2.
+    pub shutdown: u8,
 }
 
 const NETLINK_SOCK_DIAG: i32 = 4;
@@ -23,9 +34,25 @@ const NLM_F_DUMP: u16 = 0x300;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 const UDIAG_SHOW_NAME: u32 = 1;
+const UDIAG_SHOW_VFS: u32 = 2;
 const UDIAG_SHOW_PEER: u32 = 4;
+const UDIAG_SHOW_ICONS: u32 = 8;
+const UDIAG_SHOW_RQLEN: u32 = 16;
 const UNIX_DIAG_NAME: u16 = 0;
+const UNIX_DIAG_VFS: u16 = 1;
 const UNIX_DIAG_PEER: u16 = 2;
+const UNIX_DIAG_ICONS: u16 = 3;
+const UNIX_DIAG_RQLEN: u16 = 4;
+const UNIX_DIAG_SHUTDOWN: u16 = 6;
+
+/// An address as sock_diag gives it: a path name keeps the NUL bind() counted; an abstract
+/// name (leading NUL) is taken whole.
+fn name_bytes(data: &[u8]) -> Vec<u8> {
+    match data.split_first() {
+        Some((0, _)) => data.to_vec(),
+        _ => data.split(|&b| b == 0).next().unwrap_or_default().to_vec(),
+    }
+}
 
 /// Every unix socket of this network namespace, by inode.
 pub fn unix_sockets() -> io::Result<HashMap<u32, UnixInfo>> {
@@ -51,7 +78,9 @@ pub fn unix_sockets() -> io::Result<HashMap<u32, UnixInfo>> {
     request.extend_from_slice(&0u16.to_ne_bytes());
     request.extend_from_slice(&u32::MAX.to_ne_bytes());
     request.extend_from_slice(&0u32.to_ne_bytes());
-    request.extend_from_slice(&(UDIAG_SHOW_NAME | UDIAG_SHOW_PEER).to_ne_bytes());
+    let show =
+        UDIAG_SHOW_NAME | UDIAG_SHOW_VFS | UDIAG_SHOW_PEER | UDIAG_SHOW_ICONS | UDIAG_SHOW_RQLEN;
+    request.extend_from_slice(&show.to_ne_bytes());
     request.extend_from_slice(&[0xff; 8]);
     // SAFETY: the kernel reads request.len() bytes of a live buffer.
     check(
@@ -95,10 +124,23 @@ pub fn unix_sockets() -> io::Result<HashMap<u32, UnixInfo>> {
                                 break;
                             }
                             let data = &msg[attr + 4..attr + alen];
+                            let word = |i: usize| {
+                                data.get(i * 4..i * 4 + 4)
+                                    .map(|b| u32::from_ne_bytes(b.try_into().unwrap()))
+                            };
                             match atype {
-                                UNIX_DIAG_NAME => info.name = Some(data.to_vec()),
-                                UNIX_DIAG_PEER if data.len() >= 4 => {
-                                    info.peer = u32::from_ne_bytes(data[0..4].try_into().unwrap())
+                                UNIX_DIAG_NAME => info.name = Some(name_bytes(data)),
+                                UNIX_DIAG_VFS => info.vfs_inode = word(0),
+                                UNIX_DIAG_PEER => info.peer = word(0).unwrap_or(0),
+                                UNIX_DIAG_ICONS => {
+                                    info.pending = (0..data.len() / 4).filter_map(word).collect()
+                                }
+                                UNIX_DIAG_RQLEN => {
+                                    info.rqueue = word(0).unwrap_or(0);
+                                    info.wqueue = word(1).unwrap_or(0);
+                                }
+                                UNIX_DIAG_SHUTDOWN => {
+                                    info.shutdown = data.first().copied().unwrap_or(0)
                                 }
                                 _ => {}
                             }
@@ -113,10 +155,16 @@ pub fn unix_sockets() -> io::Result<HashMap<u32, UnixInfo>> {
     }
 }
 
+/// One message queued on a socket and the address of its sender (empty: unnamed).
+pub struct Queued {
+    pub data: Vec<u8>,
+    pub sender: Vec<u8>,
+}
+
 /// The messages queued for reading on a socket (rcr's copy of it), in order, without
 /// consuming them: one entry per datagram, or the whole byte stream as one. Fails on queued
 /// ancillary data (fds or credentials in flight).
-pub fn peek_queue(sock: &impl AsRawFd) -> io::Result<Vec<Vec<u8>>> {
+pub fn peek_queue(sock: &impl AsRawFd) -> io::Result<Vec<Queued>> {
     let fd = sock.as_raw_fd();
     let set_peek_off = |off: i32| {
         // SAFETY: setsockopt reads an int from a live variable.
@@ -136,6 +184,8 @@ pub fn peek_queue(sock: &impl AsRawFd) -> io::Result<Vec<Vec<u8>>> {
     loop {
         let mut data = vec![0u8; 256 * 1024];
         let mut control = [0u8; 256];
+        // SAFETY: sockaddr_un is plain data; all zeroes is a valid value.
+        let mut sender: libc::sockaddr_un = unsafe { std::mem::zeroed() };
         let mut iov = libc::iovec {
             iov_base: data.as_mut_ptr().cast(),
             iov_len: data.len(),
@@ -144,6 +194,8 @@ pub fn peek_queue(sock: &impl AsRawFd) -> io::Result<Vec<Vec<u8>>> {
         let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
         msg.msg_iov = &mut iov;
         msg.msg_iovlen = 1;
+        msg.msg_name = (&mut sender as *mut libc::sockaddr_un).cast();
+        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_un>() as u32;
         msg.msg_control = control.as_mut_ptr().cast();
         msg.msg_controllen = control.len();
         // SAFETY: recvmsg writes into the buffers described by msg.
@@ -165,7 +217,17 @@ pub fn peek_queue(sock: &impl AsRawFd) -> io::Result<Vec<Vec<u8>>> {
             break;
         }
         data.truncate(n as usize);
-        messages.push(data);
+        let path_len = (msg.msg_namelen as usize)
+            .saturating_sub(std::mem::size_of::<libc::sa_family_t>())
+            .min(sender.sun_path.len());
+        let raw: Vec<u8> = sender.sun_path[..path_len]
+            .iter()
+            .map(|&c| c as u8)
+            .collect();
+        messages.push(Queued {
+            data,
+            sender: name_bytes(&raw),
+        });
     }
     set_peek_off(-1)?;
     result.map(|()| messages)

@@ -37,6 +37,7 @@
 //!   written through the fd shows in the mapping and one written through the mapping shows
 //!   through the fd; growing and shrinking fd 10 fail with EPERM.
 //! - `unsupported`: a unix socketpair at fds 10 and 11 with "ping" sent 10 -> 11 and unread.
+//!   `unsupported-listen`: a TCP listener on 127.0.0.1 at fd 10 (another socket family).
 //!   `unsupported-signalfd` (fd 10, SIGUSR2, SFD_NONBLOCK), `unsupported-timerfd` (fd 10,
 //!   CLOCK_MONOTONIC, armed 3600 s, interval 3600 s), `unsupported-epoll` (fd 10, empty),
 //!   `unsupported-inotify` (fd 10, IN_NONBLOCK, IN_CREATE watch on DIR). For a dump that
@@ -54,7 +55,7 @@ use std::time::{Duration, Instant};
 // Helpers (no allocation unless noted).
 
 /// Moves `old` to fd number `new` (closing `old`) and sets or clears FD_CLOEXEC.
-fn place(old: i32, new: i32, cloexec: bool) -> Result<(), String> {
+pub(crate) fn place(old: i32, new: i32, cloexec: bool) -> Result<(), String> {
     if old != new {
         // SAFETY: dup2 onto a number this process does not use otherwise.
         if unsafe { libc::dup2(old, new) } != new {
@@ -97,14 +98,14 @@ fn lseek_cur(fd: i32) -> i64 {
 }
 
 /// read(2) once; Ok(bytes) or Err(errno).
-fn read_once(fd: i32, buf: &mut [u8]) -> Result<usize, i32> {
+pub(crate) fn read_once(fd: i32, buf: &mut [u8]) -> Result<usize, i32> {
     // SAFETY: read writes at most buf.len() bytes into buf.
     let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
     if n < 0 { Err(errno()) } else { Ok(n as usize) }
 }
 
 /// poll for POLLIN with a timeout; Ok(revents) (0 on timeout).
-fn poll_in(fd: i32, ms: i32) -> Result<i16, i32> {
+pub(crate) fn poll_in(fd: i32, ms: i32) -> Result<i16, i32> {
     let mut p = libc::pollfd {
         fd,
         events: libc::POLLIN,
@@ -145,7 +146,7 @@ fn first_diff(a: &[u8], b: &[u8]) -> Option<usize> {
 
 /// What one fd looks like from inside: link, F_GETFL (without O_LARGEFILE), F_GETFD.
 #[derive(Clone, Copy)]
-struct FdSnap {
+pub(crate) struct FdSnap {
     fd: i32,
     link: [u8; 512],
     link_len: usize,
@@ -154,7 +155,7 @@ struct FdSnap {
 }
 
 impl FdSnap {
-    const EMPTY: FdSnap = FdSnap {
+    pub(crate) const EMPTY: FdSnap = FdSnap {
         fd: -1,
         link: [0; 512],
         link_len: 0,
@@ -217,7 +218,7 @@ impl FdSnap {
     }
 }
 
-fn snaps<const N: usize>(fds: [i32; N]) -> [FdSnap; N] {
+pub(crate) fn snaps<const N: usize>(fds: [i32; N]) -> [FdSnap; N] {
     let mut s = [FdSnap::EMPTY; N];
     for (slot, fd) in s.iter_mut().zip(fds) {
         *slot = FdSnap::take(fd);
@@ -225,7 +226,7 @@ fn snaps<const N: usize>(fds: [i32; N]) -> [FdSnap; N] {
     s
 }
 
-fn verify_snaps(what: &str, s: &[FdSnap], chk: &mut Check) {
+pub(crate) fn verify_snaps(what: &str, s: &[FdSnap], chk: &mut Check) {
     for x in s {
         x.verify(what, chk);
     }
@@ -1251,20 +1252,18 @@ impl Unsupported {
                 n = 2;
             }
             Kind::Listen => {
-                let path = ctx.path("listen.sock");
-                // SAFETY: socket/bind/listen with a live sockaddr_un of this scenario.
+                // A TCP listener on 127.0.0.1 (any port): a socket family rcr refuses.
+                // SAFETY: socket/bind/listen with a live sockaddr_in.
                 unsafe {
-                    let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+                    let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
                     if fd < 0 {
                         return Err(fail("socket"));
                     }
-                    let mut addr: libc::sockaddr_un = std::mem::zeroed();
-                    addr.sun_family = libc::AF_UNIX as u16;
-                    for (dst, src) in addr.sun_path.iter_mut().zip(path.as_bytes()) {
-                        *dst = *src as libc::c_char;
-                    }
-                    let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
-                    if libc::bind(fd, (&addr as *const libc::sockaddr_un).cast(), len) != 0
+                    let mut addr: libc::sockaddr_in = std::mem::zeroed();
+                    addr.sin_family = libc::AF_INET as libc::sa_family_t;
+                    addr.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+                    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+                    if libc::bind(fd, (&addr as *const libc::sockaddr_in).cast(), len) != 0
                         || libc::listen(fd, 4) != 0
                     {
                         return Err(fail("bind/listen"));

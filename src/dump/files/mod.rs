@@ -24,6 +24,7 @@ use anyhow::{Context, Result, bail};
 pub use chardev::PORTABLE_CHAR_DEVICES;
 pub use locks::collect_locks;
 pub use memfd::save_memfd;
+pub use unix::{TCP_ESTABLISHED, TCP_LISTEN, printable};
 
 use crate::image::ImageDir;
 use crate::image::proto::{Fd, Fds, fd};
@@ -89,25 +90,20 @@ pub struct FileIds {
     next: u64,
     /// Pipes and memfds whose content is already saved.
     saved: HashSet<u64>,
-    /// sock_diag's view of the unix sockets, read on first need.
-    unix: Option<HashMap<u32, crate::sys::socket::UnixInfo>>,
-    /// Unix sockets of the tree: (pid, fd, peer inode), and their inodes.
-    sockets: Vec<(i32, i32, u64)>,
-    socket_inodes: HashSet<u64>,
+    /// The unix sockets (sock_diag), read on first need, and those of the tree.
+    unix: unix::UnixTable,
 }
 
 impl FileIds {
-    /// Every unix socket of the tree must have its peer in the tree: the other end of a
-    /// connection to the outside cannot be restored.
+    pub fn new(external_unix: crate::image::proto::ExternalUnix) -> FileIds {
+        let mut ids = FileIds::default();
+        ids.unix.external = external_unix;
+        ids
+    }
+
+    /// Every unix socket's peer is in the tree, or the user said what to do with it.
     pub fn check_peers(&self) -> Result<()> {
-        for &(pid, fd, peer) in &self.sockets {
-            if !self.socket_inodes.contains(&peer) {
-                bail!(
-                    "pid {pid} fd {fd}: unix socket connected to socket:[{peer}] outside the dumped tree is not supported"
-                );
-            }
-        }
-        Ok(())
+        self.unix.check_peers()
     }
 
     /// The description id of `pid`'s `fd`, and an earlier fd of the same description. The

@@ -1,47 +1,275 @@
-//! Unix sockets, as sock_diag describes them, with their queued messages.
+//! Unix sockets, as sock_diag describes them: socket pairs, connections made through a
+//! listener (which end was accepted), listening sockets with the connections waiting in
+//! their queue, bound and unbound datagram sockets, sockets whose peer has gone; with their
+//! queued messages (and datagram senders). A peer outside the tree is refused unless the
+//! user said what to do with it (--external-unix).
+
+use std::collections::{HashMap, HashSet};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 
 use anyhow::{Context, Result, bail};
 
 use super::{FileIds, OneFd};
-use crate::image::proto::UnixSocket;
+use crate::image::proto::{ExternalUnix, UnixSocket};
+use crate::sys::socket::UnixInfo;
 
-/// A unix socket of the tree, if it is one rcr restores: connected, unnamed, its peer in the
-/// tree (checked once the whole tree is seen: [`FileIds::check_peers`]). Other sockets are
-/// None (refused by the caller).
-pub(super) fn dump(one: &OneFd, ids: &mut FileIds) -> Result<Option<UnixSocket>> {
-    use std::os::unix::fs::MetadataExt;
-    let (pid, fd, inode, flags, copy) = (one.pid, one.fd, one.meta.ino(), one.flags, one.copy);
-    if ids.unix.is_none() {
-        ids.unix = Some(crate::sys::socket::unix_sockets().context("sock_diag")?);
+pub const TCP_ESTABLISHED: u32 = 1;
+pub const TCP_CLOSE: u32 = 7;
+pub const TCP_LISTEN: u32 = 10;
+
+/// The unix sockets of the network namespace (read once, while the tree is frozen) and those
+/// of the tree.
+#[derive(Default)]
+pub struct UnixTable {
+    all: HashMap<u32, UnixInfo>,
+    /// Client socket -> the listener whose queue its connection waits in.
+    waiting_on: HashMap<u32, u32>,
+    /// Sockets of the tree: (pid, fd, inode), first fd of each.
+    of_tree: Vec<(i32, i32, u32)>,
+    inodes: HashSet<u32>,
+    pub external: ExternalUnix,
+}
+
+impl UnixTable {
+    fn load(&mut self) -> Result<()> {
+        if self.all.is_empty() {
+            self.all = crate::sys::socket::unix_sockets().context("sock_diag")?;
+            for (&listener, info) in &self.all {
+                for &client in &info.pending {
+                    self.waiting_on.insert(client, listener);
+                }
+            }
+        }
+        Ok(())
     }
-    let Some(info) = ids
-        .unix
-        .as_ref()
-        .and_then(|all| all.get(&(inode as u32)))
-        .cloned()
-    else {
+
+    fn name_of(&self, inode: u32) -> Vec<u8> {
+        self.all
+            .get(&inode)
+            .and_then(|i| i.name.clone())
+            .unwrap_or_default()
+    }
+
+    /// Whether a listening socket is bound to `name`.
+    fn is_listener_name(&self, name: &[u8]) -> bool {
+        self.all
+            .values()
+            .any(|i| u32::from(i.state) == TCP_LISTEN && i.name.as_deref() == Some(name))
+    }
+
+    /// Once the whole tree is seen: every peer must be in it, or the user must have said what
+    /// to do with those outside.
+    pub fn check_peers(&self) -> Result<()> {
+        let option = "--external-unix reconnect|disconnect says what to do with it";
+        for &(pid, fd, inode) in &self.of_tree {
+            let info = &self.all[&inode];
+            let what = format!("pid {pid} fd {fd}: unix socket socket:[{inode}]");
+            if u32::from(info.state) == TCP_LISTEN {
+                for client in info.pending.iter().filter(|c| !self.inodes.contains(c)) {
+                    if self.external == ExternalUnix::Refuse {
+                        bail!(
+                            "{what} has a connection from socket:[{client}] outside the dumped tree waiting to be accepted ({option})"
+                        );
+                    }
+                    crate::log::info(&format!(
+                        "{what}: the waiting connection of socket:[{client}] (outside the tree) is not restored"
+                    ));
+                }
+                continue;
+            }
+            let peer = match self.waiting_on.get(&inode) {
+                Some(&listener) => listener,
+                None if info.peer == 0 => continue,
+                None => info.peer,
+            };
+            if self.inodes.contains(&peer) {
+                let peer_info = &self.all[&peer];
+                // A datagram socket connected to one of the tree that is not its pair: made
+                // again by connecting to the peer's address.
+                if u32::from(info.sock_type) == libc::SOCK_DGRAM as u32
+                    && peer_info.peer != inode
+                    && peer_info.name.is_none()
+                {
+                    bail!("{what} is connected to socket:[{peer}], which has no address");
+                }
+                continue;
+            }
+            let peer_name = self.name_of(peer);
+            match self.external {
+                ExternalUnix::Refuse => bail!(
+                    "{what} is connected to socket:[{peer}] {} outside the dumped tree ({option})",
+                    printable(&peer_name)
+                ),
+                ExternalUnix::Reconnect if peer_name.is_empty() => bail!(
+                    "{what}: its peer socket:[{peer}] outside the tree has no address to connect to again (--external-unix disconnect restores it as closed by the peer)"
+                ),
+                ExternalUnix::Reconnect if accepted(self, info, inode) => bail!(
+                    "{what} was accepted from a client outside the tree, which cannot connect again (--external-unix disconnect restores it as closed by the peer)"
+                ),
+                ExternalUnix::Reconnect if info.rqueue > 0 => bail!(
+                    "{what} has {} bytes from its peer outside the tree, lost by a new connection (--external-unix disconnect keeps them)",
+                    info.rqueue
+                ),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An address for messages: a path as it is, an abstract name with '@' for its NUL.
+pub fn printable(name: &[u8]) -> String {
+    match name.split_first() {
+        None => "(unnamed)".to_owned(),
+        Some((0, rest)) => format!("@{}", String::from_utf8_lossy(rest)),
+        Some(_) => String::from_utf8_lossy(name).into_owned(),
+    }
+}
+
+/// Whether this end of a connection came from accept(): it shows its listener's address.
+/// The client end may be unnamed or bound to an address of its own; of two named ends, the
+/// one named like a listening socket was accepted.
+fn accepted(table: &UnixTable, info: &UnixInfo, inode: u32) -> bool {
+    if !stream_like(info)
+        || u32::from(info.state) != TCP_ESTABLISHED
+        || table.waiting_on.contains_key(&inode)
+    {
+        return false;
+    }
+    let Some(name) = &info.name else {
+        return false;
+    };
+    let peer_name = table.name_of(info.peer);
+    peer_name.is_empty() || (table.is_listener_name(name) && !table.is_listener_name(&peer_name))
+}
+
+/// A unix socket of the tree, or None when the socket is not a unix one (refused by the
+/// caller). Peers are checked once the whole tree is seen: [`UnixTable::check_peers`].
+pub(super) fn dump(one: &OneFd, ids: &mut FileIds) -> Result<Option<UnixSocket>> {
+    let (pid, fd, inode) = (one.pid, one.fd, one.meta.ino());
+    ids.unix.load()?;
+    let table = &ids.unix;
+    let Some(info) = table.all.get(&(inode as u32)) else {
         return Ok(None);
     };
-    const TCP_ESTABLISHED: u8 = 1;
-    if info.state != TCP_ESTABLISHED || info.peer == 0 || info.name.is_some() {
-        return Ok(None);
+    let what = || format!("pid {pid} fd {fd}: unix socket socket:[{inode}]");
+    let state = u32::from(info.state);
+    if ![TCP_ESTABLISHED, TCP_CLOSE, TCP_LISTEN].contains(&state) {
+        bail!("{}: state {state} is not supported", what());
     }
+    let name = info.name.clone().unwrap_or_default();
+    let is_path = name.first().is_some_and(|&b| b != 0);
+    if is_path && name[0] != b'/' {
+        bail!(
+            "{}: bound to the relative path {} (not supported)",
+            what(),
+            printable(&name)
+        );
+    }
+    let waiting_on = table.waiting_on.get(&(inode as u32)).copied();
+    if waiting_on.is_some() && info.wqueue > 0 {
+        bail!(
+            "{}: {} bytes sent into a connection not yet accepted by {} (not supported)",
+            what(),
+            info.wqueue,
+            printable(&table.name_of(waiting_on.unwrap_or(0)))
+        );
+    }
+    let accepted = accepted(table, info, inode as u32);
+    let peer_named = !table.name_of(info.peer).is_empty();
+    if stream_like(info)
+        && state == TCP_ESTABLISHED
+        && waiting_on.is_none()
+        && !name.is_empty()
+        && peer_named
+        && !accepted
+        && !accepted_peer(table, info.peer)
+    {
+        bail!(
+            "{}: both ends of its connection are named and neither like a listener: which one was accepted is unknown",
+            what()
+        );
+    }
+    // The socket file of a path name: as it is, or gone.
+    let (mut path_mode, mut path_uid, mut path_gid, mut path_removed) = (0, 0, 0, false);
+    if is_path && !accepted {
+        let path = std::path::Path::new(std::ffi::OsStr::from_bytes(&name));
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if Some(meta.ino() as u32) == info.vfs_inode => {
+                (path_mode, path_uid, path_gid) = (meta.mode(), meta.uid(), meta.gid());
+            }
+            _ => path_removed = true,
+        }
+    }
+    let peer_name = match waiting_on {
+        Some(listener) => table.name_of(listener),
+        None => table.name_of(info.peer),
+    };
+    let (sock_type, peer, shutdown, backlog, pending) = (
+        u32::from(info.sock_type),
+        u64::from(info.peer),
+        u32::from(info.shutdown),
+        if state == TCP_LISTEN { info.wqueue } else { 0 },
+        if state == TCP_LISTEN {
+            info.pending.iter().map(|&c| u64::from(c)).collect()
+        } else {
+            Vec::new()
+        },
+    );
     // A socket has one description: its first fd in the tree comes with a copy of it.
     let first = ids.saved.insert(inode);
-    let queue = match copy {
-        Some(copy) if first => crate::sys::socket::peek_queue(copy)
-            .with_context(|| format!("pid {pid} fd {fd}: unix socket queue"))?,
-        None if first => bail!("pid {pid} fd {fd}: unix socket without a description copy"),
+    let queued = match one.copy {
+        _ if state == TCP_LISTEN => Vec::new(),
+        Some(copy) if first => {
+            crate::sys::socket::peek_queue(copy).with_context(|| format!("{}: queue", what()))?
+        }
+        None if first => bail!("{}: no description copy", what()),
         _ => Vec::new(),
     };
-    ids.sockets.push((pid, fd, u64::from(info.peer)));
-    ids.socket_inodes.insert(inode);
+    if first {
+        ids.unix.of_tree.push((pid, fd, inode as u32));
+        ids.unix.inodes.insert(inode as u32);
+    }
+    let dgram = sock_type == libc::SOCK_DGRAM as u32;
     Ok(Some(UnixSocket {
         inode,
-        sock_type: u32::from(info.sock_type),
-        peer: u64::from(info.peer),
-        flags,
+        sock_type,
+        peer,
+        flags: one.flags,
         has_queue: first,
-        queue,
+        senders: if dgram {
+            queued.iter().map(|q| q.sender.clone()).collect()
+        } else {
+            Vec::new()
+        },
+        queue: queued.into_iter().map(|q| q.data).collect(),
+        state,
+        name,
+        backlog,
+        pending,
+        shutdown,
+        peer_name,
+        waiting: waiting_on.is_some(),
+        accepted,
+        external: ids.unix.external as i32,
+        path_mode,
+        path_uid,
+        path_gid,
+        path_removed,
     }))
+}
+
+fn stream_like(info: &UnixInfo) -> bool {
+    matches!(
+        i32::from(info.sock_type),
+        libc::SOCK_STREAM | libc::SOCK_SEQPACKET
+    )
+}
+
+fn accepted_peer(table: &UnixTable, peer: u32) -> bool {
+    table
+        .all
+        .get(&peer)
+        .is_some_and(|info| accepted(table, info, peer))
 }

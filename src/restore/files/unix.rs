@@ -1,68 +1,374 @@
-//! Unix sockets: created by rcr before the tree, with their queues refilled.
+//! Unix sockets, made by rcr before the tree exists, the way the tree had them: socket pairs,
+//! connections accepted from a listener (made again through a temporary listener at the same
+//! address, so each end shows the address it showed), listening sockets with the connections
+//! waiting in their queue (their clients connect again, in order), bound datagram sockets
+//! and those connected to them, sockets whose peer has gone or is outside the tree; then
+//! every queue is refilled by the socket that had sent it, and shutdowns are replayed.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsStr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 
 use anyhow::{Context, Result, bail};
+use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
-use nix::sys::socket::{AddressFamily, MsgFlags, SockFlag, SockType, socketpair};
+use nix::sys::socket::{
+    AddressFamily, Backlog, MsgFlags, Shutdown, SockFlag, SockType, UnixAddr, accept4, bind,
+    connect, listen, send, sendto, shutdown, socket, socketpair,
+};
 
 use super::{OpenedFiles, hold_above};
-use crate::image::proto::{Fds, UnixSocket, fd};
+use crate::dump::files::{TCP_ESTABLISHED, TCP_LISTEN, printable};
+use crate::image::proto::{ExternalUnix, Fds, UnixSocket, fd};
+
+/// How a socket of the image is made again.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Role {
+    /// Not connected: created, bound if it was.
+    Alone,
+    /// One end of a pair of unnamed sockets connected to each other (socketpair).
+    Pair,
+    /// Accepted from a listener at its address; its peer (a `Client`) is in the tree.
+    Accepted,
+    /// Connected to an `Accepted` socket of the tree.
+    Client,
+    /// Its connection waits in the queue of a listener of the tree.
+    Waiting,
+    Listener,
+    /// A datagram socket connected to a named socket of the tree.
+    DgramConnected,
+    /// The peer is outside the tree: connected again to its address.
+    Reconnect,
+    /// The peer has closed its end (or is outside, restored as closed): a pair whose other
+    /// end rcr closes once the queue is refilled.
+    PeerGone,
+}
+
+fn classify(s: &UnixSocket, all: &BTreeMap<u64, &UnixSocket>) -> Result<Role> {
+    let peer = all.get(&s.peer);
+    let what = || format!("socket:[{}]", s.inode);
+    let outside = |mode: ExternalUnix| match mode {
+        ExternalUnix::Reconnect => Ok(Role::Reconnect),
+        ExternalUnix::Disconnect => Ok(Role::PeerGone),
+        ExternalUnix::Refuse => bail!(
+            "{}: peer outside the tree, and no way to restore it",
+            what()
+        ),
+    };
+    if s.state == TCP_LISTEN {
+        return Ok(Role::Listener);
+    }
+    if s.waiting {
+        let listener_in_tree = all
+            .values()
+            .any(|l| l.state == TCP_LISTEN && l.pending.contains(&s.inode));
+        return if listener_in_tree {
+            Ok(Role::Waiting)
+        } else {
+            outside(s.external())
+        };
+    }
+    let dgram = s.sock_type == libc::SOCK_DGRAM as u32;
+    if s.peer == 0 {
+        // A datagram socket someone connected to shows ESTABLISHED too, without a peer.
+        return Ok(if s.state == TCP_ESTABLISHED && !dgram {
+            Role::PeerGone
+        } else {
+            Role::Alone
+        });
+    }
+    let Some(peer) = peer else {
+        return outside(s.external());
+    };
+    Ok(
+        if s.name.is_empty() && peer.name.is_empty() && peer.peer == s.inode {
+            Role::Pair
+        } else if dgram {
+            Role::DgramConnected
+        } else if s.accepted {
+            Role::Accepted
+        } else if peer.accepted {
+            Role::Client
+        } else {
+            bail!(
+                "{}: connected to socket:[{}], and neither end was accepted",
+                what(),
+                peer.inode
+            )
+        },
+    )
+}
+
+fn address(name: &[u8]) -> Result<UnixAddr> {
+    Ok(match name.split_first() {
+        Some((0, abstract_name)) => UnixAddr::new_abstract(abstract_name)?,
+        _ => UnixAddr::new(OsStr::from_bytes(name))?,
+    })
+}
+
+fn sock_type(s: &UnixSocket) -> Result<SockType> {
+    Ok(match s.sock_type as i32 {
+        libc::SOCK_STREAM => SockType::Stream,
+        libc::SOCK_DGRAM => SockType::Datagram,
+        libc::SOCK_SEQPACKET => SockType::SeqPacket,
+        other => bail!("socket:[{}]: unix socket type {other}", s.inode),
+    })
+}
+
+fn new_socket(s: &UnixSocket) -> Result<OwnedFd> {
+    socket(
+        AddressFamily::Unix,
+        sock_type(s)?,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )
+    .with_context(|| format!("socket:[{}]", s.inode))
+}
+
+/// Binds to `name`. A path still there from the dumped process (a socket file no live socket
+/// holds) is removed first; an address a live socket holds is an error.
+fn bind_to(sock: &OwnedFd, name: &[u8], what: &str) -> Result<()> {
+    let addr = address(name)?;
+    match bind(sock.as_raw_fd(), &addr) {
+        Err(Errno::EADDRINUSE) if name.first().is_some_and(|&b| b != 0) => {
+            let path = std::path::Path::new(OsStr::from_bytes(name));
+            let meta = std::fs::symlink_metadata(path)?;
+            let live = crate::sys::socket::unix_sockets().context("sock_diag")?;
+            let held = live
+                .values()
+                .any(|i| i.vfs_inode == Some(meta.ino() as u32));
+            if held || !meta.file_type().is_socket() {
+                bail!(
+                    "{what}: {} is in use (by a live socket, or not a socket)",
+                    path.display()
+                );
+            }
+            std::fs::remove_file(path)?;
+            bind(sock.as_raw_fd(), &addr)
+                .with_context(|| format!("{what}: bind to {}", path.display()))
+        }
+        Err(err) => Err(err).with_context(|| format!("{what}: bind to {}", printable(name))),
+        Ok(()) => Ok(()),
+    }
+}
+
+fn connect_to(sock: &OwnedFd, name: &[u8], what: &str) -> Result<()> {
+    connect(sock.as_raw_fd(), &address(name)?)
+        .with_context(|| format!("{what}: connect to {}", printable(name)))
+}
+
+/// Sends every message of `queue` from `sender` (to `to` when given), without waiting.
+fn refill(sender: &OwnedFd, queue: &[Vec<u8>], to: Option<&UnixAddr>, what: &str) -> Result<()> {
+    for message in queue {
+        let sent = match to {
+            Some(addr) => sendto(sender.as_raw_fd(), message, addr, MsgFlags::MSG_DONTWAIT),
+            None => send(sender.as_raw_fd(), message, MsgFlags::MSG_DONTWAIT),
+        }
+        .with_context(|| format!("{what}: refilling its queue"))?;
+        if sent != message.len() {
+            bail!("{what}: could queue only {sent} of {} bytes", message.len());
+        }
+    }
+    Ok(())
+}
 
 impl OpenedFiles {
-    /// Creates every connected unix socket pair of the tree and refills both queues (what
-    /// one end had to read is sent again from the other end, message by message).
-    pub fn create_socketpairs(&mut self, all: &[&Fds]) -> Result<()> {
-        let mut queues: HashMap<u64, &Vec<Vec<u8>>> = HashMap::new();
-        let mut ends: Vec<&UnixSocket> = Vec::new();
-        for entry in all.iter().flat_map(|fds| &fds.fds) {
-            if let Some(fd::File::Unix(u)) = &entry.file
-                && u.has_queue
-            {
-                queues.insert(u.inode, &u.queue);
-                ends.push(u);
+    /// Makes every unix socket of the tree, connected as it was, queues refilled.
+    pub fn create_unix_sockets(&mut self, all: &[&Fds]) -> Result<()> {
+        // One record per socket: the first entry naming it carries the queue.
+        let sockets: BTreeMap<u64, &UnixSocket> = all
+            .iter()
+            .flat_map(|fds| &fds.fds)
+            .filter_map(|entry| match &entry.file {
+                Some(fd::File::Unix(u)) if u.has_queue => Some((u.inode, u)),
+                _ => None,
+            })
+            .collect();
+        if sockets.is_empty() {
+            return Ok(());
+        }
+        let roles: HashMap<u64, Role> = sockets
+            .values()
+            .map(|s| Ok((s.inode, classify(s, &sockets)?)))
+            .collect::<Result<_>>()?;
+        let what = |s: &UnixSocket| format!("socket:[{}] {}", s.inode, printable(&s.name));
+        let mut made: HashMap<u64, OwnedFd> = HashMap::new();
+
+        // Pairs, and sockets of their own (bound to their address when they had one).
+        for s in sockets.values() {
+            match roles[&s.inode] {
+                Role::Pair if !made.contains_key(&s.inode) => {
+                    let (mine, peer) = socketpair(
+                        AddressFamily::Unix,
+                        sock_type(s)?,
+                        None,
+                        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+                    )
+                    .with_context(|| what(s))?;
+                    made.insert(s.inode, mine);
+                    made.insert(s.peer, peer);
+                }
+                Role::Alone
+                | Role::Client
+                | Role::Waiting
+                | Role::DgramConnected
+                | Role::Reconnect => {
+                    let sock = new_socket(s)?;
+                    if !s.name.is_empty() {
+                        bind_to(&sock, &s.name, &what(s))?;
+                    }
+                    made.insert(s.inode, sock);
+                }
+                _ => {}
             }
         }
-        for end in ends {
-            if self.sockets.contains_key(&end.inode) {
-                continue;
+
+        // Accepted connections, per listener address: a temporary listener there, each
+        // client connects, the accepted end is taken; then the address is free again.
+        let mut by_address: BTreeMap<&[u8], Vec<&UnixSocket>> = BTreeMap::new();
+        for s in sockets
+            .values()
+            .filter(|s| roles[&s.inode] == Role::Accepted)
+        {
+            by_address.entry(&s.name).or_default().push(s);
+        }
+        for (name, accepted) in by_address {
+            let first = accepted[0];
+            let listener = new_socket(first)?;
+            bind_to(&listener, name, &what(first))?;
+            listen(&listener, Backlog::new(accepted.len() as i32)?)?;
+            for s in accepted {
+                connect_to(&made[&s.peer], name, &format!("socket:[{}]", s.peer))?;
+                let end = accept4(
+                    listener.as_fd(),
+                    SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+                )
+                .with_context(|| format!("{}: accept", what(s)))?;
+                made.insert(s.inode, end);
             }
-            let what = || format!("socket:[{}]", end.inode);
-            let kind = match end.sock_type as i32 {
-                libc::SOCK_STREAM => SockType::Stream,
-                libc::SOCK_DGRAM => SockType::Datagram,
-                libc::SOCK_SEQPACKET => SockType::SeqPacket,
-                other => bail!("socket:[{}]: unix socket type {other}", end.inode),
-            };
-            let (mine, peer) = socketpair(AddressFamily::Unix, kind, None, SockFlag::SOCK_CLOEXEC)
-                .with_context(what)?;
-            // Messages queued for one end are sent by the other.
-            for (reader, sender) in [(end.inode, &peer), (end.peer, &mine)] {
-                for message in queues.get(&reader).copied().into_iter().flatten() {
-                    let sent =
-                        nix::sys::socket::send(sender.as_raw_fd(), message, MsgFlags::MSG_DONTWAIT)
-                            .with_context(what)?;
-                    if sent != message.len() {
-                        bail!(
-                            "socket:[{reader}]: could queue only {sent} of {} bytes",
-                            message.len()
-                        );
-                    }
+            drop(listener);
+            if name.first().is_some_and(|&b| b != 0) {
+                std::fs::remove_file(OsStr::from_bytes(name))?;
+            }
+        }
+
+        // Listening sockets, then the connections that waited in their queue, in order.
+        for s in sockets
+            .values()
+            .filter(|s| roles[&s.inode] == Role::Listener)
+        {
+            let sock = new_socket(s)?;
+            bind_to(&sock, &s.name, &what(s))?;
+            listen(&sock, Backlog::new(s.backlog.min(i32::MAX as u32) as i32)?)
+                .with_context(|| format!("{}: listen", what(s)))?;
+            for client in &s.pending {
+                if let Some(client_sock) = made.get(client) {
+                    connect_to(client_sock, &s.name, &format!("socket:[{client}]"))?;
                 }
             }
+            made.insert(s.inode, sock);
+        }
+
+        // Queues, each refilled by whoever had sent it: datagrams before any datagram socket
+        // connects (a connected socket takes datagrams from its peer only).
+        let mut anonymous_sender: Option<OwnedFd> = None;
+        for s in sockets.values().filter(|s| !s.queue.is_empty()) {
+            let role = roles[&s.inode];
+            if matches!(role, Role::PeerGone | Role::Reconnect) {
+                continue;
+            }
+            if s.sock_type != libc::SOCK_DGRAM as u32 || role == Role::Pair {
+                refill(&made[&s.peer], &s.queue, None, &what(s))?;
+                continue;
+            }
+            if s.name.is_empty() {
+                bail!("{}: datagrams queued on an unnamed socket", what(s));
+            }
+            let to = address(&s.name)?;
+            for (index, message) in s.queue.iter().enumerate() {
+                let sender_name = s.senders.get(index).map(Vec::as_slice).unwrap_or(&[]);
+                let named_sender = sockets
+                    .values()
+                    .find(|o| !sender_name.is_empty() && o.name == sender_name && !o.accepted)
+                    .and_then(|o| made.get(&o.inode));
+                let sender = match named_sender {
+                    Some(sender) => sender,
+                    None => anonymous_sender.get_or_insert(new_socket(s)?),
+                };
+                refill(sender, std::slice::from_ref(message), Some(&to), &what(s))?;
+            }
+        }
+        drop(anonymous_sender);
+
+        // Connections made by address: datagram sockets to their peer, sockets whose peer is
+        // outside to that peer again; sockets whose peer is gone get a pair whose other end
+        // is closed once their queue is back.
+        for s in sockets.values() {
+            match roles[&s.inode] {
+                Role::DgramConnected => {
+                    let peer = sockets[&s.peer];
+                    connect_to(&made[&s.inode], &peer.name, &what(s))?;
+                }
+                Role::Reconnect => connect_to(&made[&s.inode], &s.peer_name, &what(s))?,
+                Role::PeerGone => {
+                    let (mine, gone) = socketpair(
+                        AddressFamily::Unix,
+                        sock_type(s)?,
+                        None,
+                        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+                    )
+                    .with_context(|| what(s))?;
+                    refill(&gone, &s.queue, None, &what(s))?;
+                    drop(gone);
+                    made.insert(s.inode, mine);
+                }
+                _ => {}
+            }
+        }
+
+        // Shutdowns (after the queues: nothing can be sent past a shutdown).
+        for s in sockets.values().filter(|s| s.shutdown != 0) {
+            if roles[&s.inode] == Role::PeerGone {
+                continue;
+            }
+            let sock = made[&s.inode].as_raw_fd();
+            if s.shutdown & 2 != 0 {
+                shutdown(sock, Shutdown::Write)
+                    .with_context(|| format!("{}: shutdown", what(s)))?;
+            }
+            if s.shutdown & 1 != 0 {
+                shutdown(sock, Shutdown::Read).with_context(|| format!("{}: shutdown", what(s)))?;
+            }
+        }
+
+        // Socket files as they were: their mode and owner, or removed.
+        for s in sockets.values() {
+            if s.name.first().is_none_or(|&b| b == 0) || s.accepted {
+                continue;
+            }
+            let path = std::path::Path::new(OsStr::from_bytes(&s.name));
+            if s.path_removed {
+                std::fs::remove_file(path)
+                    .with_context(|| format!("{}: removing its file again", what(s)))?;
+            } else if s.path_mode != 0 {
+                std::fs::set_permissions(path, PermissionsExt::from_mode(s.path_mode & 0o7777))?;
+                std::os::unix::fs::lchown(path, Some(s.path_uid), Some(s.path_gid))?;
+            }
+        }
+
+        for (inode, sock) in made {
             self.sockets
-                .insert(end.inode, Some(hold_above(mine, self.floor)?));
-            self.sockets
-                .insert(end.peer, Some(hold_above(peer, self.floor)?));
+                .insert(inode, Some(hold_above(sock, self.floor)?));
         }
         Ok(())
     }
 
-    /// The description of one unix socket.
+    /// The description of one unix socket, with its status flags.
     pub(super) fn open_unix(&mut self, u: &UnixSocket, what: &str) -> Result<OwnedFd> {
         let Some(end) = self.sockets.get_mut(&u.inode).and_then(Option::take) else {
-            bail!("{what}: socket:[{}] has no saved peer", u.inode);
+            bail!("{what}: socket:[{}] was not made", u.inode);
         };
         let flags = OFlag::from_bits_truncate(u.flags as i32) & OFlag::O_NONBLOCK;
         fcntl(end.as_fd(), FcntlArg::F_SETFL(flags))?;

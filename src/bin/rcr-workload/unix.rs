@@ -1,0 +1,572 @@
+//! Unix socket scenarios beyond socket pairs.
+//!
+//! `unix` (one process; every socket at a fixed fd, O_NONBLOCK unless said):
+//! - fd 30: stream listener bound to DIR/listen.sock (chmod 0640), backlog 5.
+//!   fd 31: unnamed client connected to it, fd 32: the accepted end. 31 sent "to-server"
+//!   and 32 sent "to-client", both unread.
+//!   fd 33: unnamed client, then fd 34: client bound to the abstract "@rcr-c3-PID", both
+//!   connected and never accepted (they wait in 30's queue, 33 first).
+//! - fd 35: seqpacket listener at the abstract "@rcr-sp-PID"; fd 36 client, fd 37 accepted.
+//!   36 sent the packets "one" and "two"; 37 sent "last" then shut down its writing side.
+//! - fd 38: datagram socket bound to DIR/dgram.sock; fd 39: datagram socket bound to
+//!   DIR/e.sock and connected to 38, which sent "from-e"; an unbound datagram socket sent
+//!   "from-anon" to 38 and was closed. Both datagrams are unread.
+//! - fd 41: one end of a socket pair whose other end sent "bye" and was closed.
+//! - fd 42: stream listener bound to DIR/gone.sock, whose file was then removed.
+//!
+//! After go: links, flags and FD_CLOEXEC as before; addresses (getsockname/getpeername) as
+//! before; socket file modes; every queue delivers what it held, datagrams with their senders
+//! and packets with their boundaries; 30 accepts 33's then 34's connection, and they talk; a
+//! new client can connect to DIR/listen.sock; 37 cannot send any more and 36 reads "last"
+//! then EOF; 39 still sends to 38; 41 reads "bye" then EOF; 42 still listens and its file is
+//! still gone.
+//!
+//! `unix-outside`: fd 10 connected to the stream listener ../outside.sock of the test (outside
+//! the tree). After go it reads DIR/mode: `disconnect` (the test queued "queued" before the
+//! dump: it reads "queued" then EOF) or `reconnect` (it is connected to ../outside.sock
+//! again: it sends "ping" and reads "pong").
+
+use crate::files::{FdSnap, place, poll_in, read_once, snaps, verify_snaps};
+use crate::sys::{self, Shown, errno};
+use crate::{Check, Ctx, fail};
+use std::ffi::CString;
+
+const LISTENER: i32 = 30;
+const CLIENT: i32 = 31;
+const ACCEPTED: i32 = 32;
+const WAITING_1: i32 = 33;
+const WAITING_2: i32 = 34;
+const SP_LISTENER: i32 = 35;
+const SP_CLIENT: i32 = 36;
+const SP_ACCEPTED: i32 = 37;
+const DGRAM_SERVER: i32 = 38;
+const DGRAM_CLIENT: i32 = 39;
+const PEER_GONE: i32 = 41;
+const GONE_LISTENER: i32 = 42;
+const ALL: [i32; 12] = [
+    LISTENER,
+    CLIENT,
+    ACCEPTED,
+    WAITING_1,
+    WAITING_2,
+    SP_LISTENER,
+    SP_CLIENT,
+    SP_ACCEPTED,
+    DGRAM_SERVER,
+    DGRAM_CLIENT,
+    PEER_GONE,
+    GONE_LISTENER,
+];
+
+/// A sockaddr_un and its length.
+#[derive(Clone, Copy)]
+pub struct Addr {
+    raw: libc::sockaddr_un,
+    len: libc::socklen_t,
+}
+
+impl Addr {
+    /// A path address, or an abstract one for a name starting with '@'.
+    fn new(name: &[u8]) -> Addr {
+        // SAFETY: sockaddr_un is plain data.
+        let mut raw: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+        raw.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        let (bytes, abstract_name) = match name.split_first() {
+            Some((b'@', rest)) => (rest, true),
+            _ => (name, false),
+        };
+        let start = abstract_name as usize;
+        for (i, &b) in bytes.iter().enumerate() {
+            raw.sun_path[start + i] = b as libc::c_char;
+        }
+        let header = std::mem::size_of::<libc::sa_family_t>();
+        let len = header + start + bytes.len() + (!abstract_name) as usize;
+        Addr {
+            raw,
+            len: len as libc::socklen_t,
+        }
+    }
+
+    const UNNAMED: Addr = Addr {
+        // SAFETY-free: an all-zero sockaddr_un with only the family.
+        raw: libc::sockaddr_un {
+            sun_family: libc::AF_UNIX as libc::sa_family_t,
+            sun_path: [0; 108],
+        },
+        len: std::mem::size_of::<libc::sa_family_t>() as libc::socklen_t,
+    };
+
+    fn ptr(&self) -> *const libc::sockaddr {
+        (&self.raw as *const libc::sockaddr_un).cast()
+    }
+
+    fn bytes(&self) -> &[u8] {
+        let header = std::mem::size_of::<libc::sa_family_t>();
+        let n = (self.len as usize).saturating_sub(header);
+        // SAFETY: sun_path is n <= 108 initialized c_chars, the same size as u8.
+        unsafe { std::slice::from_raw_parts(self.raw.sun_path.as_ptr().cast::<u8>(), n) }
+    }
+
+    fn same(&self, other: &Addr) -> bool {
+        self.bytes() == other.bytes()
+    }
+}
+
+fn new_socket(kind: i32) -> Result<i32, String> {
+    // SAFETY: socket has no memory effects.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, kind | libc::SOCK_NONBLOCK, 0) };
+    if fd < 0 {
+        return Err(format!("socket: errno {}", errno()));
+    }
+    Ok(fd)
+}
+
+fn bind(fd: i32, addr: &Addr) -> Result<(), String> {
+    // SAFETY: addr points at a live sockaddr_un of the stated length.
+    if unsafe { libc::bind(fd, addr.ptr(), addr.len) } != 0 {
+        return Err(format!("bind {}: errno {}", Shown(addr.bytes()), errno()));
+    }
+    Ok(())
+}
+
+fn connect(fd: i32, addr: &Addr) -> Result<(), i32> {
+    // SAFETY: addr points at a live sockaddr_un of the stated length.
+    if unsafe { libc::connect(fd, addr.ptr(), addr.len) } != 0 {
+        return Err(errno());
+    }
+    Ok(())
+}
+
+fn listen(fd: i32, backlog: i32) -> Result<(), String> {
+    // SAFETY: listen has no memory effects.
+    if unsafe { libc::listen(fd, backlog) } != 0 {
+        return Err(format!("listen: errno {}", errno()));
+    }
+    Ok(())
+}
+
+fn accept(fd: i32) -> Result<i32, i32> {
+    // SAFETY: accept4 without an address buffer.
+    let r = unsafe {
+        libc::accept4(
+            fd,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_NONBLOCK,
+        )
+    };
+    if r < 0 { Err(errno()) } else { Ok(r) }
+}
+
+fn send(fd: i32, data: &[u8]) -> Result<(), i32> {
+    // SAFETY: send reads data.len() bytes of data.
+    let n = unsafe { libc::send(fd, data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL) };
+    if n != data.len() as isize {
+        return Err(if n < 0 { errno() } else { -1 });
+    }
+    Ok(())
+}
+
+fn sendto(fd: i32, data: &[u8], to: &Addr) -> Result<(), String> {
+    // SAFETY: sendto reads data and a live sockaddr_un.
+    let n = unsafe { libc::sendto(fd, data.as_ptr().cast(), data.len(), 0, to.ptr(), to.len) };
+    if n != data.len() as isize {
+        return Err(format!("sendto: errno {}", errno()));
+    }
+    Ok(())
+}
+
+/// getsockname or getpeername.
+fn name_of(fd: i32, peer: bool) -> Addr {
+    let mut addr = Addr::UNNAMED;
+    addr.len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    let p = (&mut addr.raw as *mut libc::sockaddr_un).cast();
+    // SAFETY: the kernel writes at most addr.len bytes into addr.raw.
+    let r = unsafe {
+        if peer {
+            libc::getpeername(fd, p, &mut addr.len)
+        } else {
+            libc::getsockname(fd, p, &mut addr.len)
+        }
+    };
+    if r != 0 {
+        addr.len = 0;
+    }
+    addr
+}
+
+/// Receives one message (waiting up to 2 s), with its sender's address.
+fn recv_from(fd: i32, buf: &mut [u8]) -> Result<(usize, Addr), i32> {
+    let _ = poll_in(fd, 2000);
+    let mut from = Addr::UNNAMED;
+    from.len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    // SAFETY: the kernel writes into buf and from.raw within their sizes.
+    let n = unsafe {
+        libc::recvfrom(
+            fd,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT,
+            (&mut from.raw as *mut libc::sockaddr_un).cast(),
+            &mut from.len,
+        )
+    };
+    if n < 0 {
+        Err(errno())
+    } else {
+        Ok((n as usize, from))
+    }
+}
+
+fn sockopt(fd: i32, opt: i32) -> i32 {
+    let mut v: i32 = -1;
+    let mut len = 4 as libc::socklen_t;
+    // SAFETY: getsockopt writes an int.
+    unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            opt,
+            (&mut v as *mut i32).cast(),
+            &mut len,
+        )
+    };
+    v
+}
+
+fn expect_message(what: &str, fd: i32, want: &[u8], chk: &mut Check) {
+    let mut buf = [0u8; 64];
+    match recv_from(fd, &mut buf) {
+        Ok((n, _)) if &buf[..n] == want => {}
+        got => fail!(
+            chk,
+            "{what} fd {fd}: got {:?} `{}`, expected `{}`",
+            got.as_ref().map(|g| g.0),
+            Shown(&buf[..got.map_or(0, |g| g.0)]),
+            Shown(want)
+        ),
+    }
+}
+
+fn expect_eof(what: &str, fd: i32, chk: &mut Check) {
+    let mut buf = [0u8; 16];
+    let _ = poll_in(fd, 2000);
+    match read_once(fd, &mut buf) {
+        Ok(0) => {}
+        got => fail!(chk, "{what} fd {fd}: expected EOF, got {got:?}"),
+    }
+}
+
+fn expect_name(what: &str, fd: i32, peer: bool, want: &Addr, chk: &mut Check) {
+    let got = name_of(fd, peer);
+    if !got.same(want) {
+        fail!(
+            chk,
+            "{what} fd {fd}: {} is `{}`, expected `{}`",
+            if peer { "getpeername" } else { "getsockname" },
+            Shown(got.bytes()),
+            Shown(want.bytes())
+        );
+    }
+}
+
+pub struct UnixSockets {
+    before: [FdSnap; 12],
+    listen_addr: Addr,
+    c3_addr: Addr,
+    sp_addr: Addr,
+    dgram_addr: Addr,
+    e_addr: Addr,
+    gone_addr: Addr,
+    listen_path: CString,
+    gone_path: CString,
+}
+
+fn fail_errno(what: &'static str) -> impl Fn(i32) -> String {
+    move |e| format!("{what}: errno {e}")
+}
+
+impl UnixSockets {
+    pub fn new(ctx: &Ctx) -> Result<UnixSockets, String> {
+        let path_of = |name: &str| ctx.path(name).into_bytes();
+        let listen_path = ctx.path("listen.sock");
+        let gone_path = ctx.path("gone.sock");
+        let me = UnixSockets {
+            before: [FdSnap::EMPTY; 12],
+            listen_addr: Addr::new(&path_of("listen.sock")),
+            c3_addr: Addr::new(format!("@rcr-c3-{}", ctx.pid).as_bytes()),
+            sp_addr: Addr::new(format!("@rcr-sp-{}", ctx.pid).as_bytes()),
+            dgram_addr: Addr::new(&path_of("dgram.sock")),
+            e_addr: Addr::new(&path_of("e.sock")),
+            gone_addr: Addr::new(&path_of("gone.sock")),
+            listen_path,
+            gone_path,
+        };
+
+        let l = new_socket(libc::SOCK_STREAM)?;
+        bind(l, &me.listen_addr)?;
+        // SAFETY: chmod of a path of this scenario.
+        if unsafe { libc::chmod(me.listen_path.as_ptr(), 0o640) } != 0 {
+            return Err(format!("chmod listen.sock: errno {}", errno()));
+        }
+        listen(l, 5)?;
+        place(l, LISTENER, false)?;
+        let c = new_socket(libc::SOCK_STREAM)?;
+        connect(c, &me.listen_addr).map_err(fail_errno("connect 31"))?;
+        place(c, CLIENT, true)?;
+        let a = accept(LISTENER).map_err(fail_errno("accept 32"))?;
+        place(a, ACCEPTED, false)?;
+        send(CLIENT, b"to-server").map_err(fail_errno("send 31"))?;
+        send(ACCEPTED, b"to-client").map_err(fail_errno("send 32"))?;
+        let w1 = new_socket(libc::SOCK_STREAM)?;
+        connect(w1, &me.listen_addr).map_err(fail_errno("connect 33"))?;
+        place(w1, WAITING_1, false)?;
+        let w2 = new_socket(libc::SOCK_STREAM)?;
+        bind(w2, &me.c3_addr)?;
+        connect(w2, &me.listen_addr).map_err(fail_errno("connect 34"))?;
+        place(w2, WAITING_2, false)?;
+
+        let sl = new_socket(libc::SOCK_SEQPACKET)?;
+        bind(sl, &me.sp_addr)?;
+        listen(sl, 3)?;
+        place(sl, SP_LISTENER, false)?;
+        let sc = new_socket(libc::SOCK_SEQPACKET)?;
+        connect(sc, &me.sp_addr).map_err(fail_errno("connect 36"))?;
+        place(sc, SP_CLIENT, false)?;
+        let sa = accept(SP_LISTENER).map_err(fail_errno("accept 37"))?;
+        place(sa, SP_ACCEPTED, false)?;
+        send(SP_CLIENT, b"one").map_err(fail_errno("send one"))?;
+        send(SP_CLIENT, b"two").map_err(fail_errno("send two"))?;
+        send(SP_ACCEPTED, b"last").map_err(fail_errno("send last"))?;
+        // SAFETY: shutdown has no memory effects.
+        if unsafe { libc::shutdown(SP_ACCEPTED, libc::SHUT_WR) } != 0 {
+            return Err(format!("shutdown 37: errno {}", errno()));
+        }
+
+        let d = new_socket(libc::SOCK_DGRAM)?;
+        bind(d, &me.dgram_addr)?;
+        place(d, DGRAM_SERVER, false)?;
+        let e = new_socket(libc::SOCK_DGRAM)?;
+        bind(e, &me.e_addr)?;
+        connect(e, &me.dgram_addr).map_err(fail_errno("connect 39"))?;
+        place(e, DGRAM_CLIENT, false)?;
+        send(DGRAM_CLIENT, b"from-e").map_err(fail_errno("send from-e"))?;
+        let anon = new_socket(libc::SOCK_DGRAM)?;
+        sendto(anon, b"from-anon", &me.dgram_addr)?;
+        sys::close(anon);
+
+        let mut pair = [0i32; 2];
+        // SAFETY: socketpair writes two fds.
+        if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, pair.as_mut_ptr()) } != 0
+        {
+            return Err(format!("socketpair: errno {}", errno()));
+        }
+        place(pair[0], PEER_GONE, false)?;
+        send(pair[1], b"bye").map_err(fail_errno("send bye"))?;
+        sys::close(pair[1]);
+
+        let g = new_socket(libc::SOCK_STREAM)?;
+        bind(g, &me.gone_addr)?;
+        listen(g, 1)?;
+        place(g, GONE_LISTENER, false)?;
+        // SAFETY: unlink of a path of this scenario.
+        if unsafe { libc::unlink(me.gone_path.as_ptr()) } != 0 {
+            return Err(format!("unlink gone.sock: errno {}", errno()));
+        }
+        Ok(me)
+    }
+}
+
+impl crate::parts::Part for UnixSockets {
+    fn before_ready(&mut self) {
+        self.before = snaps(ALL);
+    }
+
+    fn verify(&mut self, chk: &mut Check) {
+        verify_snaps("unix", &self.before, chk);
+        let unnamed = Addr::UNNAMED;
+        // The path listener, its accepted connection and the socket file.
+        expect_name("listener", LISTENER, false, &self.listen_addr, chk);
+        if sockopt(LISTENER, libc::SO_ACCEPTCONN) != 1 {
+            fail!(chk, "fd {LISTENER}: not listening");
+        }
+        // SAFETY: stat into a local struct.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        if unsafe { libc::stat(self.listen_path.as_ptr(), &mut st) } != 0 {
+            fail!(chk, "listen.sock: stat errno {}", errno());
+        } else if st.st_mode & libc::S_IFMT != libc::S_IFSOCK || st.st_mode & 0o7777 != 0o640 {
+            fail!(
+                chk,
+                "listen.sock: mode {:o}, expected a socket 640",
+                st.st_mode
+            );
+        }
+        expect_name("accepted", ACCEPTED, false, &self.listen_addr, chk);
+        expect_name("accepted", ACCEPTED, true, &unnamed, chk);
+        expect_name("client", CLIENT, true, &self.listen_addr, chk);
+        expect_name("client", CLIENT, false, &unnamed, chk);
+        expect_message("accepted", ACCEPTED, b"to-server", chk);
+        expect_message("client", CLIENT, b"to-client", chk);
+        if send(CLIENT, b"more").is_err() {
+            fail!(chk, "fd {CLIENT}: send errno {}", errno());
+        }
+        expect_message("accepted", ACCEPTED, b"more", chk);
+
+        // The two waiting connections, in order, connected to their clients.
+        for (waiting, want_peer) in [(WAITING_1, &unnamed), (WAITING_2, &self.c3_addr)] {
+            match accept(LISTENER) {
+                Ok(conn) => {
+                    expect_name("accepted later", conn, true, want_peer, chk);
+                    if send(conn, b"hello").is_err() {
+                        fail!(
+                            chk,
+                            "accepted connection of fd {waiting}: send errno {}",
+                            errno()
+                        );
+                    }
+                    expect_message("waiting client", waiting, b"hello", chk);
+                    sys::close(conn);
+                }
+                Err(e) => fail!(chk, "accept the connection of fd {waiting}: errno {e}"),
+            }
+            expect_name("waiting client", waiting, true, &self.listen_addr, chk);
+        }
+        match accept(LISTENER) {
+            Err(libc::EAGAIN) => {}
+            got => fail!(
+                chk,
+                "a third accept on fd {LISTENER}: {got:?}, expected EAGAIN"
+            ),
+        }
+        // A new client can connect to the path.
+        match new_socket(libc::SOCK_STREAM) {
+            Ok(fresh) => {
+                if let Err(e) = connect(fresh, &self.listen_addr) {
+                    fail!(chk, "connect to listen.sock after restore: errno {e}");
+                }
+                sys::close(fresh);
+            }
+            Err(e) => fail!(chk, "{e}"),
+        }
+
+        // Seqpacket: boundaries, the shutdown and the abstract address.
+        expect_name("seqpacket listener", SP_LISTENER, false, &self.sp_addr, chk);
+        expect_name("seqpacket accepted", SP_ACCEPTED, false, &self.sp_addr, chk);
+        expect_name("seqpacket client", SP_CLIENT, true, &self.sp_addr, chk);
+        expect_message("seqpacket accepted", SP_ACCEPTED, b"one", chk);
+        expect_message("seqpacket accepted", SP_ACCEPTED, b"two", chk);
+        expect_message("seqpacket client", SP_CLIENT, b"last", chk);
+        expect_eof("seqpacket client", SP_CLIENT, chk);
+        match send(SP_ACCEPTED, b"x") {
+            Err(libc::EPIPE) => {}
+            got => fail!(
+                chk,
+                "send on fd {SP_ACCEPTED} after SHUT_WR: {got:?}, expected EPIPE"
+            ),
+        }
+
+        // Datagrams with their senders; the client is still connected.
+        let mut buf = [0u8; 64];
+        for (want, from) in [
+            (&b"from-e"[..], &self.e_addr),
+            (&b"from-anon"[..], &unnamed),
+        ] {
+            match recv_from(DGRAM_SERVER, &mut buf) {
+                Ok((n, sender)) if &buf[..n] == want && sender.same(from) => {}
+                Ok((n, sender)) => fail!(
+                    chk,
+                    "datagram `{}` from `{}`, expected `{}` from `{}`",
+                    Shown(&buf[..n]),
+                    Shown(sender.bytes()),
+                    Shown(want),
+                    Shown(from.bytes())
+                ),
+                Err(e) => fail!(chk, "recvfrom fd {DGRAM_SERVER}: errno {e}"),
+            }
+        }
+        expect_name("dgram client", DGRAM_CLIENT, true, &self.dgram_addr, chk);
+        expect_name("dgram client", DGRAM_CLIENT, false, &self.e_addr, chk);
+        if send(DGRAM_CLIENT, b"again").is_err() {
+            fail!(chk, "fd {DGRAM_CLIENT}: send errno {}", errno());
+        }
+        expect_message("dgram server", DGRAM_SERVER, b"again", chk);
+
+        // The peer that had gone, and the listener whose file had gone.
+        expect_message("peer gone", PEER_GONE, b"bye", chk);
+        expect_eof("peer gone", PEER_GONE, chk);
+        expect_name("gone listener", GONE_LISTENER, false, &self.gone_addr, chk);
+        if sockopt(GONE_LISTENER, libc::SO_ACCEPTCONN) != 1 {
+            fail!(chk, "fd {GONE_LISTENER}: not listening");
+        }
+        // SAFETY: access on a path of this scenario.
+        if unsafe { libc::access(self.gone_path.as_ptr(), libc::F_OK) } == 0 {
+            fail!(chk, "gone.sock exists again");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+const OUTSIDE: i32 = 10;
+
+pub struct Outside {
+    before: [FdSnap; 1],
+    peer_addr: Addr,
+    mode_path: CString,
+}
+
+impl Outside {
+    pub fn new(ctx: &Ctx) -> Result<Outside, String> {
+        let s = new_socket(libc::SOCK_STREAM)?;
+        connect(s, &Addr::new(&ctx.path("../outside.sock").into_bytes()))
+            .map_err(|e| format!("connect ../outside.sock: errno {e}"))?;
+        place(s, OUTSIDE, false)?;
+        // The address as the listener has it (the test bound it by another spelling).
+        let peer_addr = name_of(OUTSIDE, true);
+        // Blocking from here on: the reads below wait for the test.
+        // SAFETY: fcntl on our own fd.
+        unsafe { libc::fcntl(OUTSIDE, libc::F_SETFL, 0) };
+        Ok(Outside {
+            before: [FdSnap::EMPTY; 1],
+            peer_addr,
+            mode_path: ctx.path("mode"),
+        })
+    }
+}
+
+impl crate::parts::Part for Outside {
+    fn before_ready(&mut self) {
+        self.before = snaps([OUTSIDE]);
+    }
+
+    fn verify(&mut self, chk: &mut Check) {
+        verify_snaps("unix-outside", &self.before, chk);
+        let mut mode = [0u8; 32];
+        let n = match sys::open(&self.mode_path, libc::O_RDONLY, 0) {
+            Ok(fd) => {
+                let n = read_once(fd, &mut mode).unwrap_or(0);
+                sys::close(fd);
+                n
+            }
+            Err(e) => {
+                fail!(chk, "DIR/mode: errno {e}");
+                return;
+            }
+        };
+        match mode[..n].trim_ascii() {
+            b"disconnect" => {
+                expect_message("outside peer gone", OUTSIDE, b"queued", chk);
+                expect_eof("outside peer gone", OUTSIDE, chk);
+            }
+            b"reconnect" => {
+                expect_name("reconnected", OUTSIDE, true, &self.peer_addr, chk);
+                if send(OUTSIDE, b"ping").is_err() {
+                    fail!(chk, "fd {OUTSIDE}: send errno {}", errno());
+                }
+                expect_message("reconnected", OUTSIDE, b"pong", chk);
+            }
+            other => fail!(chk, "DIR/mode says `{}`", Shown(other)),
+        }
+    }
+}
