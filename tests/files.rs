@@ -184,7 +184,8 @@ fn unix_socketpair() {
 /// check after the restore that each fd is as before (link, flags, fdinfo, except the
 /// timerfd's time left) and still works (the timer is still armed).
 /// One process holding eventfds, an unlinked file, a FIFO with data, three kinds of file
-/// locks and regular files at once.
+/// locks, an fd owner and signal, every kind of unix socket of the `unix` scenario and
+/// regular files at once.
 #[test]
 fn all_file_kinds_at_once() {
     roundtrip("all_file_kinds_at_once", "files-all", 1);

@@ -229,6 +229,8 @@ fn setup(scenario: &str, ctx: &Ctx) -> Result<Setup, String> {
             parts.push(Box::new(files::Unlinked::new(ctx)?));
             parts.push(Box::new(files::Fifo::new(ctx)?));
             parts.push(Box::new(files::Locks::new(ctx)?));
+            parts.push(Box::new(files::FdOwner::new()?));
+            parts.push(Box::new(unix::UnixSockets::new(ctx)?));
             parts.push(Box::new(parts::Stdio::new(ctx)?));
             Wait::Poll
         }

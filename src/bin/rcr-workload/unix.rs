@@ -1,24 +1,24 @@
 //! Unix socket scenarios beyond socket pairs.
 //!
 //! `unix` (one process; every socket at a fixed fd, O_NONBLOCK unless said):
-//! - fd 30: stream listener bound to DIR/listen.sock (chmod 0640), backlog 5.
-//!   fd 31: unnamed client connected to it, fd 32: the accepted end. 31 sent "to-server"
-//!   and 32 sent "to-client", both unread.
-//!   fd 33: unnamed client, then fd 34: client bound to the abstract "@rcr-c3-PID", both
-//!   connected and never accepted (they wait in 30's queue, 33 first).
-//! - fd 35: seqpacket listener at the abstract "@rcr-sp-PID"; fd 36 client, fd 37 accepted.
-//!   36 sent the packets "one" and "two"; 37 sent "last" then shut down its writing side.
-//! - fd 38: datagram socket bound to DIR/dgram.sock; fd 39: datagram socket bound to
-//!   DIR/e.sock and connected to 38, which sent "from-e"; an unbound datagram socket sent
-//!   "from-anon" to 38 and was closed. Both datagrams are unread.
-//! - fd 41: one end of a socket pair whose other end sent "bye" and was closed.
-//! - fd 42: stream listener bound to DIR/gone.sock, whose file was then removed.
+//! - fd 60: stream listener bound to DIR/listen.sock (chmod 0640), backlog 5.
+//!   fd 61: unnamed client connected to it, fd 62: the accepted end. 61 sent "to-server"
+//!   and 62 sent "to-client", both unread.
+//!   fd 63: unnamed client, then fd 64: client bound to the abstract "@rcr-c3-PID", both
+//!   connected and never accepted (they wait in 60's queue, 63 first).
+//! - fd 65: seqpacket listener at the abstract "@rcr-sp-PID"; fd 66 client, fd 67 accepted.
+//!   66 sent the packets "one" and "two"; 67 sent "last" then shut down its writing side.
+//! - fd 68: datagram socket bound to DIR/dgram.sock; fd 69: datagram socket bound to
+//!   DIR/e.sock and connected to 68, which sent "from-e"; an unbound datagram socket sent
+//!   "from-anon" to 68 and was closed. Both datagrams are unread.
+//! - fd 71: one end of a socket pair whose other end sent "bye" and was closed.
+//! - fd 72: stream listener bound to DIR/gone.sock, whose file was then removed.
 //!
 //! After go: links, flags and FD_CLOEXEC as before; addresses (getsockname/getpeername) as
 //! before; socket file modes; every queue delivers what it held, datagrams with their senders
-//! and packets with their boundaries; 30 accepts 33's then 34's connection, and they talk; a
-//! new client can connect to DIR/listen.sock; 37 cannot send any more and 36 reads "last"
-//! then EOF; 39 still sends to 38; 41 reads "bye" then EOF; 42 still listens and its file is
+//! and packets with their boundaries; 60 accepts 63's then 64's connection, and they talk; a
+//! new client can connect to DIR/listen.sock; 67 cannot send any more and 66 reads "last"
+//! then EOF; 69 still sends to 68; 71 reads "bye" then EOF; 72 still listens and its file is
 //! still gone.
 //!
 //! `unix-outside`: fd 10 connected to the stream listener ../outside.sock of the test (outside
@@ -31,18 +31,18 @@ use crate::sys::{self, Shown, errno};
 use crate::{Check, Ctx, fail};
 use std::ffi::CString;
 
-const LISTENER: i32 = 30;
-const CLIENT: i32 = 31;
-const ACCEPTED: i32 = 32;
-const WAITING_1: i32 = 33;
-const WAITING_2: i32 = 34;
-const SP_LISTENER: i32 = 35;
-const SP_CLIENT: i32 = 36;
-const SP_ACCEPTED: i32 = 37;
-const DGRAM_SERVER: i32 = 38;
-const DGRAM_CLIENT: i32 = 39;
-const PEER_GONE: i32 = 41;
-const GONE_LISTENER: i32 = 42;
+const LISTENER: i32 = 60;
+const CLIENT: i32 = 61;
+const ACCEPTED: i32 = 62;
+const WAITING_1: i32 = 63;
+const WAITING_2: i32 = 64;
+const SP_LISTENER: i32 = 65;
+const SP_CLIENT: i32 = 66;
+const SP_ACCEPTED: i32 = 67;
+const DGRAM_SERVER: i32 = 68;
+const DGRAM_CLIENT: i32 = 69;
+const PEER_GONE: i32 = 71;
+const GONE_LISTENER: i32 = 72;
 const ALL: [i32; 12] = [
     LISTENER,
     CLIENT,
