@@ -98,13 +98,10 @@ fn dump_frozen(
 ) -> Result<DumpStats> {
     frozen.mask_signals(crate::parasite::PARASITE_SIGMASK)?;
     fault_point("after-seize")?;
-    let pids: Vec<i32> = frozen.processes.iter().map(|p| p.pid).collect();
-    let mut locks = files::collect_locks(&pids)?;
     let mut stats = DumpStats::default();
     let mut file_ids = files::FileIds::new(options.external_unix);
     for process in frozen.processes.iter().filter(|p| p.zombie.is_none()) {
-        let held = locks.remove(&process.pid).unwrap_or_default();
-        stats.pages_bytes += dump_process(process, images, &mut file_ids, held)?;
+        stats.pages_bytes += dump_process(process, images, &mut file_ids)?;
     }
     file_ids.check_peers()?;
     images.write(
@@ -121,7 +118,6 @@ fn dump_process(
     process: &tree::FrozenProcess,
     images: &ImageDir,
     file_ids: &mut files::FileIds,
-    locks: Vec<image::proto::FileLock>,
 ) -> Result<u64> {
     let pid = process.pid;
     let phase = Instant::now();
@@ -137,8 +133,7 @@ fn dump_process(
     core.seccomp = Some(seccomp::collect(pid)?);
     core.cgroups = Some(cgroups::collect(pid)?);
     let mut mm = mm::collect(pid, &process.stat)?;
-    let mut fds = files::collect(pid, images, file_ids)?;
-    fds.locks = locks;
+    let fds = files::collect(pid, images, file_ids)?;
     for vma in mm.vmas.iter().filter(|v| {
         matches!(
             v.kind(),

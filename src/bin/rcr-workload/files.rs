@@ -1605,11 +1605,24 @@ impl crate::parts::Part for Unlinked {
 
 // ---------------------------------------------------------------------------------------------
 // `locks`: an exclusive flock on DIR/lock-flock (fd 30), a POSIX write lock on bytes 20..29 of
-// DIR/lock-posix (fd 31), an OFD read lock on bytes 5..9 of DIR/lock-ofd (fd 32). After the
-// restore /proc/locks must show the same three locks on the same files, held by this
-// process (POSIX, FLOCK) or by its description (OFD, pid -1).
+// DIR/lock-posix (fd 31), an OFD read lock on bytes 5..9 of DIR/lock-ofd (fd 32). Fds 28 and
+// 29 are other descriptions of lock-ofd and lock-flock, opened first, holding no lock. After
+// the restore /proc/locks must show the same three locks on the same files, held by this
+// process (POSIX, FLOCK) or by its description (OFD, pid -1), and /proc/self/fdinfo must show
+// the flock and the OFD lock on fds 30 and 32, not on 29 and 28 (the descriptions that hold
+// them, not merely some description of the same file).
 
 const LOCK_FDS: [i32; 3] = [30, 31, 32];
+const OTHER_OFD: i32 = 28;
+const OTHER_FLOCK: i32 = 29;
+
+/// Whether /proc/self/fdinfo/FD lists a lock of `kind` (FLOCK, POSIX, OFDLCK).
+fn fdinfo_has_lock(fd: i32, kind: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with("lock:") && l.split_whitespace().any(|w| w == kind))
+}
 
 pub struct Locks {
     inodes: [u64; 3],
@@ -1666,6 +1679,15 @@ impl Locks {
         if unsafe { libc::flock(LOCK_FDS[0], libc::LOCK_EX) } != 0 {
             return Err(format!("flock: errno {}", errno()));
         }
+        for (other, name) in [(OTHER_OFD, "lock-ofd"), (OTHER_FLOCK, "lock-flock")] {
+            let path = ctx.path(name);
+            // SAFETY: open of a path of this scenario.
+            let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDWR) };
+            if fd < 0 {
+                return Err(format!("open {name} again: errno {}", errno()));
+            }
+            place(fd, other, false)?;
+        }
         lock(LOCK_FDS[1], libc::F_SETLK, libc::F_WRLCK, 20, 10)?;
         lock(LOCK_FDS[2], libc::F_OFD_SETLK, libc::F_RDLCK, 5, 5)?;
         Ok(Locks { inodes })
@@ -1695,6 +1717,20 @@ impl crate::parts::Part for Locks {
                 "locks: the OFD lock 5..9 on fd {} is gone",
                 LOCK_FDS[2]
             );
+        }
+        for (fd, kind, held) in [
+            (LOCK_FDS[0], "FLOCK", true),
+            (OTHER_FLOCK, "FLOCK", false),
+            (LOCK_FDS[2], "OFDLCK", true),
+            (OTHER_OFD, "OFDLCK", false),
+        ] {
+            if fdinfo_has_lock(fd, kind) != held {
+                fail!(
+                    chk,
+                    "locks: fdinfo of fd {fd} {} a {kind} lock",
+                    if held { "lacks" } else { "shows" }
+                );
+            }
         }
     }
 }

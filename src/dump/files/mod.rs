@@ -22,7 +22,6 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use anyhow::{Context, Result, bail};
 
 pub use chardev::PORTABLE_CHAR_DEVICES;
-pub use locks::collect_locks;
 pub use memfd::save_memfd;
 pub use unix::{TCP_ESTABLISHED, TCP_LISTEN, printable};
 
@@ -142,6 +141,8 @@ pub fn collect(pid: i32, images: &ImageDir, ids: &mut FileIds) -> Result<Fds> {
         .collect();
     numbers.sort_unstable();
     let mut fds = Vec::with_capacity(numbers.len());
+    let mut locks = Vec::new();
+    let mut descriptions_here = HashSet::new();
     let mut pidfd = None;
     for fd in numbers {
         let proc_path = format!("/proc/{pid}/fd/{fd}");
@@ -157,6 +158,14 @@ pub fn collect(pid: i32, images: &ImageDir, ids: &mut FileIds) -> Result<Fds> {
         let key = (meta.dev(), meta.ino());
         let (file_id, same_as) = ids.id_of(key, pid, fd)?;
         let dup_of = same_as.filter(|(p, _)| *p == pid).map(|(_, f)| f);
+        let first_here = descriptions_here.insert(file_id);
+        locks.extend(locks::of_fd(
+            pid,
+            fd,
+            &info.text,
+            same_as.is_none(),
+            first_here,
+        )?);
         // The first fd of each description: one copy of it in rcr, for what only the
         // description tells (owner and signal, a socket's queue).
         let copy = if same_as.is_none() {
@@ -247,6 +256,6 @@ pub fn collect(pid: i32, images: &ImageDir, ids: &mut FileIds) -> Result<Fds> {
         fds,
         cwd: link("cwd")?,
         root: link("root")?,
-        locks: Vec::new(),
+        locks,
     })
 }
