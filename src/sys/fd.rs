@@ -39,7 +39,13 @@ pub fn signalfd(mask: u64, flags: i32) -> io::Result<OwnedFd> {
 }
 
 /// A timerfd on `clock`, armed to fire in `value_ns` (0: disarmed) and every `interval_ns`.
-pub fn timerfd(clock: i32, flags: i32, value_ns: u64, interval_ns: u64) -> io::Result<OwnedFd> {
+pub fn timerfd(
+    clock: i32,
+    flags: i32,
+    value_ns: u64,
+    interval_ns: u64,
+    ticks: u64,
+) -> io::Result<OwnedFd> {
     // SAFETY: plain syscall with integer arguments.
     let fd = owned(unsafe { libc::syscall(libc::SYS_timerfd_create, clock, flags) })?;
     let spec = |ns: u64| libc::timespec {
@@ -60,6 +66,19 @@ pub fn timerfd(clock: i32, flags: i32, value_ns: u64, interval_ns: u64) -> io::R
             std::ptr::null_mut::<libc::itimerspec>(),
         )
     })?;
+    if ticks > 0 {
+        // TFD_IOC_SET_TICKS = _IOW('T', 0, u64): the expirations not yet read.
+        const TFD_IOC_SET_TICKS: u64 = 0x4008_5400;
+        // SAFETY: the kernel reads one u64 from a live variable.
+        check(unsafe {
+            libc::syscall(
+                libc::SYS_ioctl,
+                fd.as_raw_fd(),
+                TFD_IOC_SET_TICKS,
+                &ticks as *const u64,
+            )
+        })?;
+    }
     Ok(fd)
 }
 

@@ -1305,6 +1305,29 @@ impl Unsupported {
                 if unsafe { libc::timerfd_settime(UNS_A, 0, &spec, std::ptr::null_mut()) } != 0 {
                     return Err(fail("timerfd_settime"));
                 }
+                // A second one, one-shot after 1 ms, expired and unread: one tick pending.
+                // SAFETY: as above.
+                let fd = unsafe { libc::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_NONBLOCK) };
+                if fd < 0 {
+                    return Err(fail("timerfd_create"));
+                }
+                place(fd, UNS_B, false)?;
+                let once = libc::itimerspec {
+                    it_interval: libc::timespec {
+                        tv_sec: 0,
+                        tv_nsec: 0,
+                    },
+                    it_value: libc::timespec {
+                        tv_sec: 0,
+                        tv_nsec: 1_000_000,
+                    },
+                };
+                // SAFETY: as above.
+                if unsafe { libc::timerfd_settime(UNS_B, 0, &once, std::ptr::null_mut()) } != 0 {
+                    return Err(fail("timerfd_settime"));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                n = 2;
             }
             Kind::Epoll => {
                 // SAFETY: epoll_create1 has no memory effects.
@@ -1397,6 +1420,20 @@ impl Unsupported {
                 if unsafe { libc::timerfd_gettime(UNS_A, &mut cur) } != 0 {
                     fail!(chk, "timerfd_gettime: errno {}", errno());
                     return;
+                }
+                // The expired one-shot timer: its one unread expiration, then nothing.
+                let mut ticks = [0u8; 8];
+                match read_once(UNS_B, &mut ticks) {
+                    Ok(8) if u64::from_ne_bytes(ticks) == 1 => {}
+                    got => fail!(
+                        chk,
+                        "timerfd fd {UNS_B}: read gave {got:?} ({} ticks), expected 1 tick",
+                        u64::from_ne_bytes(ticks)
+                    ),
+                }
+                match read_once(UNS_B, &mut ticks) {
+                    Err(libc::EAGAIN) => {}
+                    got => fail!(chk, "timerfd fd {UNS_B}: second read gave {got:?}"),
                 }
                 let (v, i) = (cur.it_value, cur.it_interval);
                 let armed = (v.tv_sec > 0 || v.tv_nsec > 0) && v.tv_sec <= TIMER_SECS;

@@ -1,4 +1,5 @@
-//! timerfd: created on its clock with the time left and interval it had.
+//! timerfd: created on its clock with the time left and interval it had, and its count of
+//! unread expirations (TFD_IOC_SET_TICKS).
 
 use std::os::fd::OwnedFd;
 
@@ -8,6 +9,6 @@ use crate::image::proto::TimerFd;
 
 pub(super) fn open(t: &TimerFd, what: &str) -> Result<OwnedFd> {
     let flags = (t.flags as i32 & libc::O_NONBLOCK) | libc::O_CLOEXEC;
-    crate::sys::fd::timerfd(t.clock, flags, t.value_ns, t.interval_ns)
+    crate::sys::fd::timerfd(t.clock, flags, t.value_ns, t.interval_ns, t.ticks)
         .with_context(|| format!("{what}: timerfd"))
 }
