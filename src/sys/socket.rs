@@ -155,6 +155,38 @@ pub fn unix_sockets() -> io::Result<HashMap<u32, UnixInfo>> {
     }
 }
 
+/// SO_PEEK_OFF of a socket: -1 when the process never enabled it.
+pub fn peek_offset(sock: &impl AsRawFd) -> io::Result<i32> {
+    let mut value: i32 = -1;
+    let mut len = 4 as libc::socklen_t;
+    // SAFETY: getsockopt writes an int into a live variable.
+    check(unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEEK_OFF,
+            (&mut value as *mut i32).cast(),
+            &mut len,
+        )
+    } as libc::c_long)?;
+    Ok(value)
+}
+
+/// Sets SO_PEEK_OFF (a restored socket whose process had enabled it).
+pub fn set_peek_offset(sock: &impl AsRawFd, offset: i32) -> io::Result<()> {
+    // SAFETY: setsockopt reads an int from a live variable.
+    check(unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEEK_OFF,
+            (&offset as *const i32).cast(),
+            4,
+        )
+    } as libc::c_long)?;
+    Ok(())
+}
+
 /// One message queued on a socket and the address of its sender (empty: unnamed).
 pub struct Queued {
     pub data: Vec<u8>,
@@ -164,7 +196,7 @@ pub struct Queued {
 /// The messages queued for reading on a socket (rcr's copy of it), in order, without
 /// consuming them: one entry per datagram, or the whole byte stream as one. Fails on queued
 /// ancillary data (fds or credentials in flight).
-pub fn peek_queue(sock: &impl AsRawFd) -> io::Result<Vec<Queued>> {
+pub fn peek_queue(sock: &impl AsRawFd) -> io::Result<(Vec<Queued>, i32)> {
     let fd = sock.as_raw_fd();
     let set_peek_off = |off: i32| {
         // SAFETY: setsockopt reads an int from a live variable.
@@ -178,6 +210,7 @@ pub fn peek_queue(sock: &impl AsRawFd) -> io::Result<Vec<Queued>> {
             )
         } as libc::c_long)
     };
+    let original = peek_offset(sock)?;
     set_peek_off(0)?;
     let mut messages = Vec::new();
     let mut result = Ok(());
@@ -229,6 +262,6 @@ pub fn peek_queue(sock: &impl AsRawFd) -> io::Result<Vec<Queued>> {
             sender: name_bytes(&raw),
         });
     }
-    set_peek_off(-1)?;
-    result.map(|()| messages)
+    set_peek_off(original)?;
+    result.map(|()| (messages, original))
 }

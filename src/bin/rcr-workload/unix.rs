@@ -3,7 +3,7 @@
 //! `unix` (one process; every socket at a fixed fd, O_NONBLOCK unless said):
 //! - fd 60: stream listener bound to DIR/listen.sock (chmod 0640), backlog 5.
 //!   fd 61: unnamed client connected to it, fd 62: the accepted end. 61 sent "to-server"
-//!   and 62 sent "to-client", both unread.
+//!   and 62 sent "to-client", both unread; 62 peeked 3 bytes with SO_PEEK_OFF (now 3).
 //!   fd 63: unnamed client, then fd 64: client bound to the abstract "@rcr-c3-PID", both
 //!   connected and never accepted (they wait in 60's queue, 63 first).
 //! - fd 65: seqpacket listener at the abstract "@rcr-sp-PID"; fd 66 client, fd 67 accepted.
@@ -318,6 +318,23 @@ impl UnixSockets {
         place(a, ACCEPTED, false)?;
         send(CLIENT, b"to-server").map_err(fail_errno("send 31"))?;
         send(ACCEPTED, b"to-client").map_err(fail_errno("send 32"))?;
+        // The process peeks with an offset of its own: 3 bytes peeked, SO_PEEK_OFF at 3.
+        let zero: i32 = 0;
+        let mut peeked = [0u8; 3];
+        // SAFETY: setsockopt reads an int; recv writes at most 3 bytes into peeked.
+        let got = unsafe {
+            libc::setsockopt(
+                ACCEPTED,
+                libc::SOL_SOCKET,
+                libc::SO_PEEK_OFF,
+                (&zero as *const i32).cast(),
+                4,
+            );
+            libc::recv(ACCEPTED, peeked.as_mut_ptr().cast(), 3, libc::MSG_PEEK)
+        };
+        if got != 3 || sockopt(ACCEPTED, libc::SO_PEEK_OFF) != 3 {
+            return Err(format!("SO_PEEK_OFF on fd {ACCEPTED}: errno {}", errno()));
+        }
         let w1 = new_socket(libc::SOCK_STREAM)?;
         connect(w1, &me.listen_addr).map_err(fail_errno("connect 33"))?;
         place(w1, WAITING_1, false)?;
@@ -406,6 +423,10 @@ impl crate::parts::Part for UnixSockets {
         expect_name("accepted", ACCEPTED, true, &unnamed, chk);
         expect_name("client", CLIENT, true, &self.listen_addr, chk);
         expect_name("client", CLIENT, false, &unnamed, chk);
+        let offset = sockopt(ACCEPTED, libc::SO_PEEK_OFF);
+        if offset != 3 {
+            fail!(chk, "fd {ACCEPTED}: SO_PEEK_OFF {offset}, expected 3");
+        }
         expect_message("accepted", ACCEPTED, b"to-server", chk);
         expect_message("client", CLIENT, b"to-client", chk);
         if send(CLIENT, b"more").is_err() {

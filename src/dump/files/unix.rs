@@ -219,13 +219,13 @@ pub(super) fn dump(one: &OneFd, ids: &mut FileIds) -> Result<Option<UnixSocket>>
     );
     // A socket has one description: its first fd in the tree comes with a copy of it.
     let first = ids.saved.insert(inode);
-    let queued = match one.copy {
-        _ if state == TCP_LISTEN => Vec::new(),
+    let (queued, peek_offset) = match one.copy {
+        _ if state == TCP_LISTEN => (Vec::new(), -1),
         Some(copy) if first => {
             crate::sys::socket::peek_queue(copy).with_context(|| format!("{}: queue", what()))?
         }
         None if first => bail!("{}: no description copy", what()),
-        _ => Vec::new(),
+        _ => (Vec::new(), -1),
     };
     if first {
         ids.unix.of_tree.push((pid, fd, inode as u32));
@@ -257,6 +257,7 @@ pub(super) fn dump(one: &OneFd, ids: &mut FileIds) -> Result<Option<UnixSocket>>
         path_uid,
         path_gid,
         path_removed,
+        peek_offset: (peek_offset >= 0).then_some(peek_offset),
     }))
 }
 

@@ -343,6 +343,14 @@ impl OpenedFiles {
             }
         }
 
+        // SO_PEEK_OFF where the process had enabled it (the queue is the same again).
+        for s in sockets.values() {
+            if let Some(offset) = s.peek_offset {
+                crate::sys::socket::set_peek_offset(&made[&s.inode], offset)
+                    .with_context(|| format!("{}: SO_PEEK_OFF", what(s)))?;
+            }
+        }
+
         // Socket files as they were: their mode and owner, or removed.
         for s in sockets.values() {
             if s.name.first().is_none_or(|&b| b == 0) || s.accepted {
