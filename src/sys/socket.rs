@@ -265,3 +265,43 @@ pub fn peek_queue(sock: &impl AsRawFd) -> io::Result<(Vec<Queued>, i32)> {
     set_peek_off(original)?;
     result.map(|()| (messages, original))
 }
+
+/// "AF_INET stream socket", "AF_NETLINK socket (protocol 0)"...: what a socket is, for
+/// messages.
+pub fn describe(sock: &impl AsRawFd) -> io::Result<String> {
+    let int_option = |option: i32| -> io::Result<i32> {
+        let mut value: i32 = 0;
+        let mut len = 4 as libc::socklen_t;
+        // SAFETY: getsockopt writes an int into a live variable.
+        check(unsafe {
+            libc::getsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                option,
+                (&mut value as *mut i32).cast(),
+                &mut len,
+            )
+        } as libc::c_long)?;
+        Ok(value)
+    };
+    let domain = int_option(libc::SO_DOMAIN)?;
+    let family = match domain {
+        libc::AF_UNIX => "AF_UNIX".to_owned(),
+        libc::AF_INET => "AF_INET".to_owned(),
+        libc::AF_INET6 => "AF_INET6".to_owned(),
+        libc::AF_NETLINK => "AF_NETLINK".to_owned(),
+        libc::AF_PACKET => "AF_PACKET".to_owned(),
+        libc::AF_VSOCK => "AF_VSOCK".to_owned(),
+        libc::AF_ALG => "AF_ALG".to_owned(),
+        other => format!("family {other}"),
+    };
+    let kind = match int_option(libc::SO_TYPE)? {
+        libc::SOCK_STREAM => "stream",
+        libc::SOCK_DGRAM => "datagram",
+        libc::SOCK_SEQPACKET => "seqpacket",
+        libc::SOCK_RAW => "raw",
+        _ => "other",
+    };
+    let protocol = int_option(libc::SO_PROTOCOL).unwrap_or(0);
+    Ok(format!("{family} {kind} socket (protocol {protocol})"))
+}

@@ -216,9 +216,14 @@ pub fn collect(pid: i32, images: &ImageDir, ids: &mut FileIds) -> Result<Fds> {
             fd::File::Unix(socket)
         } else {
             let kind = if link.starts_with("socket:") {
-                "socket".to_owned()
+                copy.as_ref()
+                    .and_then(|c| crate::sys::socket::describe(c).ok())
+                    .unwrap_or_else(|| "socket".to_owned())
             } else if file_type.is_fifo() {
                 "FIFO".to_owned()
+            } else if file_type.is_block_device() {
+                let rdev = meta.rdev();
+                format!("block device {}:{}", libc::major(rdev), libc::minor(rdev))
             } else if file_type.is_char_device() {
                 let rdev = meta.rdev();
                 format!(
