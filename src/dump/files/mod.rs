@@ -1,11 +1,13 @@
 //! Open file descriptors, one module per kind: regular files and directories, the common
 //! character devices, pipes and FIFOs (with their unread data), unix sockets (with their
-//! queues), eventfd, signalfd, timerfd, epoll, memfd, file locks; plus cwd and root. Any
+//! queues), eventfd, signalfd, timerfd, epoll, inotify, memfd, file locks; plus cwd and root.
+//! Any
 //! other kind fails the dump with the pid, fd and kind named.
 
 mod chardev;
 mod epoll;
 mod eventfd;
+mod inotify;
 mod locks;
 mod memfd;
 mod pipe;
@@ -205,6 +207,8 @@ pub fn collect(pid: i32, images: &ImageDir, ids: &mut FileIds) -> Result<Fds> {
             fd::File::Timerfd(timerfd::dump(&one)?)
         } else if link == "anon_inode:[eventpoll]" {
             fd::File::Epoll(epoll::dump(&one)?)
+        } else if link == "anon_inode:inotify" {
+            fd::File::Inotify(inotify::dump(&one)?)
         } else if link.starts_with("socket:[")
             && let Some(socket) = unix::dump(&one, ids)?
         {
