@@ -114,12 +114,12 @@ fn open_through(mount: &str, handle_type: i32, handle: &[u8]) -> Result<OwnedFd>
                 nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS)
                     .context("unshare(CLONE_FS)")?;
                 nix::unistd::fchdir(&mount_fd).context("fchdir")?;
-                Ok(crate::sys::inotify::open_by_handle_at_cwd(
+                crate::sys::inotify::open_by_handle_at_cwd(
                     handle_type,
                     handle,
                     libc::O_PATH | libc::O_CLOEXEC,
                 )
-                .context("open_by_handle_at")?)
+                .context("open_by_handle_at")
             })
             .join()
             .map_err(|_| anyhow::anyhow!("the open_by_handle_at thread panicked"))?
