@@ -107,6 +107,9 @@ fn dump_frozen(frozen: &mut tree::Frozen, images: &ImageDir) -> Result<DumpStats
         &inventory::collect(frozen.processes[0].pid)?,
     )?;
     images.write(Kind::PsTree, None, &frozen.pstree())?;
+    for warning in file_ids.take_warnings() {
+        log::warn(&warning);
+    }
     Ok(stats)
 }
 

@@ -8,7 +8,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 
 use anyhow::{Context, Result, bail};
 
-use super::OneFd;
+use super::{FileIds, OneFd};
 use crate::image::proto::{Inotify, InotifyWatch};
 
 /// One "inotify wd:.. ino:.. sdev:.. mask:.. ignored_mask:.. fhandle-bytes:.. fhandle-type:..
@@ -167,7 +167,7 @@ fn resolve(mark: &Mark, mountinfo: &str) -> Result<String> {
     Err(last_error.expect("at least one mount was tried"))
 }
 
-pub(super) fn dump(one: &OneFd) -> Result<Inotify> {
+pub(super) fn dump(one: &OneFd, ids: &mut FileIds) -> Result<Inotify> {
     let (pid, fd) = (one.pid, one.fd);
     let mountinfo =
         fs::read_to_string("/proc/self/mountinfo").context("cannot read /proc/self/mountinfo")?;
@@ -201,7 +201,8 @@ pub(super) fn dump(one: &OneFd) -> Result<Inotify> {
         None => 0,
     };
     if pending_bytes > 0 {
-        crate::log::warn(&format!(
+        // Said once the dump is complete (a failed dump has only its error line).
+        ids.warnings.push(format!(
             "pid {pid} fd {fd}: inotify instance has {pending_bytes} bytes of unread events: a \
              restore starts with an empty queue (the events are lost)"
         ));

@@ -1,8 +1,7 @@
 //! Open file descriptors, one module per kind: regular files and directories, the common
 //! character devices, pipes and FIFOs (with their unread data), unix sockets (with their
 //! queues), eventfd, signalfd, timerfd, epoll, inotify, memfd, file locks; plus cwd and root.
-//! Any
-//! other kind fails the dump with the pid, fd and kind named.
+//! Any other kind fails the dump with the pid, fd and kind named.
 
 mod chardev;
 mod epoll;
@@ -96,9 +95,16 @@ pub struct FileIds {
     /// Unix sockets of the tree: (pid, fd, peer inode), and their inodes.
     sockets: Vec<(i32, i32, u64)>,
     socket_inodes: HashSet<u64>,
+    /// What the user must be told once the dump is complete (state that is not saved).
+    warnings: Vec<String>,
 }
 
 impl FileIds {
+    /// The warnings of the fds collected so far (see crate::log::warn).
+    pub fn take_warnings(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.warnings)
+    }
+
     /// Every unix socket of the tree must have its peer in the tree: the other end of a
     /// connection to the outside cannot be restored.
     pub fn check_peers(&self) -> Result<()> {
@@ -208,7 +214,7 @@ pub fn collect(pid: i32, images: &ImageDir, ids: &mut FileIds) -> Result<Fds> {
         } else if link == "anon_inode:[eventpoll]" {
             fd::File::Epoll(epoll::dump(&one)?)
         } else if link == "anon_inode:inotify" {
-            fd::File::Inotify(inotify::dump(&one)?)
+            fd::File::Inotify(inotify::dump(&one, ids)?)
         } else if link.starts_with("socket:[")
             && let Some(socket) = unix::dump(&one, ids)?
         {

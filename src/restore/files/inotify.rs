@@ -18,11 +18,6 @@ use crate::sys::inotify as sys;
 /// spending minutes adding and removing watches.
 const MAX_GAP: i64 = 1 << 20;
 
-/// Never resolves a symlink: the dumped path names the watched inode itself (the kernel
-/// keeps no IN_DONT_FOLLOW or IN_ONLYDIR of the original call).
-const IN_DONT_FOLLOW: u32 = 0x0200_0000;
-const IN_ACCESS: u32 = 0x1;
-
 /// An inode to burn wds on: one that no dumped watch of the instance is on.
 fn throwaway(i: &Inotify, what: &str) -> Result<&'static Path> {
     let watched: HashSet<(u64, u64)> = i.watches.iter().map(|w| (w.dev, w.inode)).collect();
@@ -61,8 +56,8 @@ pub(super) fn open(i: &Inotify, what: &str) -> Result<OwnedFd> {
                 Some(path) => path,
                 None => *burn_on.insert(throwaway(i, what)?),
             };
-            let burnt =
-                sys::add_watch(&instance, path, IN_ACCESS | IN_DONT_FOLLOW).with_context(|| {
+            let burnt = sys::add_watch(&instance, path, libc::IN_ACCESS | libc::IN_DONT_FOLLOW)
+                .with_context(|| {
                     format!("{what}: inotify: burning wd {next} on {}", path.display())
                 })?;
             sys::rm_watch(&instance, burnt)
@@ -74,10 +69,12 @@ pub(super) fn open(i: &Inotify, what: &str) -> Result<OwnedFd> {
             }
             next += 1;
         }
+        // IN_DONT_FOLLOW: the dumped path names the watched inode itself, a symlink included
+        // (the kernel keeps no IN_DONT_FOLLOW or IN_ONLYDIR of the original call).
         let got = sys::add_watch(
             &instance,
             Path::new(&watch.path),
-            watch.mask | IN_DONT_FOLLOW,
+            watch.mask | libc::IN_DONT_FOLLOW,
         )
         .with_context(|| {
             format!(
