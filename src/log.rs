@@ -28,6 +28,12 @@ fn emit(level: u8, message: &str) {
     }
 }
 
+/// Something the user must know although the command succeeds (lost state, say): always
+/// shown, on stderr or in the -o file.
+pub fn warn(message: &str) {
+    emit(0, &format!("warning: {message}"));
+}
+
 pub fn info(message: &str) {
     emit(1, message);
 }

@@ -531,6 +531,23 @@ fn text_fds(out: &mut String, pid: u32, fds: &Fds) {
                 t.clock, t.value_ns, t.interval_ns
             ),
             Some(fd::File::Epoll(e)) => format!("epoll with {} targets", e.targets.len()),
+            Some(fd::File::Inotify(i)) => format!(
+                "inotify {} {} watches{}{}",
+                open_flags(i.flags),
+                i.watches.len(),
+                i.watches
+                    .iter()
+                    .map(|w| format!(
+                        " [wd {} mask {:#x} {} inode {}]",
+                        w.wd, w.mask, w.path, w.inode
+                    ))
+                    .collect::<String>(),
+                if i.pending_bytes > 0 {
+                    format!(" ({} bytes of queued events not restored)", i.pending_bytes)
+                } else {
+                    String::new()
+                }
+            ),
             Some(fd::File::Unix(u)) => {
                 let kind = match u.sock_type as i32 {
                     libc::SOCK_STREAM => "stream",

@@ -27,7 +27,11 @@
 //! `sharedfd` (a root and one child, the protocol of procs.rs), `memfd` (one process, its
 //! own flow: its maps comparison allows a memfd mapping a new inode number), `eventfd`, and,
 //! for dumps that must be refused, `unsupported` (a unix socketpair), `unsupported-signalfd`,
-//! `unsupported-timerfd`, `unsupported-epoll`, `unsupported-inotify`.
+//! `unsupported-timerfd`, `unsupported-epoll`, `unsupported-fanotify`.
+//!
+//! inotify (see inotify.rs): `inotify` (two instances, watches with gaps between their wds),
+//! `inotify-pending` (the same with events queued at the dump) and `inotify-unlinked` (a
+//! watch on a file without a name, for a dump that must be refused).
 //!
 //! At start the workload closes every fd above 2 it inherited, and calls setsid() so it is the leader of its own session and process
 //! group (set RCR_WORKLOAD_NO_SETSID=1 to keep the caller's session, e.g. for a shell job).
@@ -38,6 +42,8 @@
 mod blocking;
 #[path = "rcr-workload/files.rs"]
 mod files;
+#[path = "rcr-workload/inotify.rs"]
+mod inotify;
 #[path = "rcr-workload/maps.rs"]
 mod maps;
 #[path = "rcr-workload/parts.rs"]
@@ -256,6 +262,11 @@ fn setup(scenario: &str, ctx: &Ctx) -> Result<Setup, String> {
         }
         "unlinked" => {
             parts.push(Box::new(files::Unlinked::new(ctx)?));
+            Wait::Poll
+        }
+        s if inotify::Mode::from_scenario(s).is_some() => {
+            let mode = inotify::Mode::from_scenario(s).expect("checked in the guard");
+            parts.push(Box::new(inotify::Inotify::new(mode, ctx)?));
             Wait::Poll
         }
         s if files::Kind::from_scenario(s).is_some() => {

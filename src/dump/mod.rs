@@ -110,6 +110,9 @@ fn dump_frozen(
         &inventory::collect(frozen.processes[0].pid)?,
     )?;
     images.write(Kind::PsTree, None, &frozen.pstree())?;
+    for warning in file_ids.take_warnings() {
+        log::warn(&warning);
+    }
     Ok(stats)
 }
 

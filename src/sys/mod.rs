@@ -6,6 +6,7 @@ pub mod child;
 pub mod clone3;
 pub mod cpu;
 pub mod fd;
+pub mod inotify;
 pub mod mem;
 pub mod pidfd;
 pub mod probe;

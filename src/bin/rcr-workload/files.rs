@@ -8,7 +8,8 @@
 //! them. The multi-process ones (`pipes`, `sharedfd`) follow the protocol of procs.rs (armed
 //! files, result files, the root prints PASS/FAIL); `memfd` runs its own single-process flow
 //! (its /proc/self/maps comparison tolerates a new inode number for memfd mappings, nothing
-//! else); `eventfd` and `unsupported*` are parts of the ordinary single-process flow.
+//! else); `eventfd` and `unsupported*` are parts of the ordinary single-process flow (the
+//! inotify scenarios are in inotify.rs).
 //!
 //! - `pipes`: root P, child C (armed name `C`). Pipe A: read end fd 10 (FD_CLOEXEC), write
 //!   end fd 11 (O_NONBLOCK), F_SETPIPE_SZ 256 KiB, holds the 15 bytes "hello through A".
@@ -40,10 +41,11 @@
 //!   `unsupported-listen`: a TCP listener on 127.0.0.1 at fd 10 (another socket family).
 //!   `unsupported-signalfd` (fd 10, SIGUSR2, SFD_NONBLOCK), `unsupported-timerfd` (fd 10,
 //!   CLOCK_MONOTONIC, armed 3600 s, interval 3600 s), `unsupported-epoll` (fd 10, empty),
-//!   `unsupported-inotify` (fd 10, IN_NONBLOCK, IN_CREATE watch on DIR). For a dump that
-//!   must be refused; after go each checks its fds are as before (link, flags and, except
-//!   the timerfd, /proc/self/fdinfo text) and still work (the socket delivers "ping" and
-//!   "pong", the timer is still armed, the inotify read shows the creation of `go`).
+//!   `unsupported-fanotify` (fd 10, FAN_CLASS_NOTIF|FAN_NONBLOCK, FAN_CLOSE_WRITE of the
+//!   files in DIR). For a dump that must be refused; after go each checks its fds are as
+//!   before (link, flags and, except the timerfd, /proc/self/fdinfo text) and still work (the
+//!   socket delivers "ping" and "pong", the timer is still armed, the fanotify instance
+//!   reports the closing of a file `fan-probe` written in DIR).
 
 use crate::procs::{MapsBufs, Member, Own};
 use crate::sys::{self, FdSet, Mapping, Shown, WaitStatus, XorShift, errno};
@@ -126,7 +128,7 @@ pub(crate) fn poll_in(fd: i32, ms: i32) -> Result<i16, i32> {
 }
 
 /// FIONREAD: the bytes waiting in a pipe or socket.
-fn fionread(fd: i32) -> Result<i32, i32> {
+pub(crate) fn fionread(fd: i32) -> Result<i32, i32> {
     let mut n: libc::c_int = 0;
     // SAFETY: FIONREAD writes one int.
     if unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) } != 0 {
@@ -163,7 +165,7 @@ impl FdSnap {
         fd_flags: -1,
     };
 
-    fn take(fd: i32) -> FdSnap {
+    pub(crate) fn take(fd: i32) -> FdSnap {
         let mut link = [0u8; 512];
         let n = sys::fd_link(fd, &mut link).len();
         let flags = fcntl(fd, libc::F_GETFL);
@@ -185,7 +187,7 @@ impl FdSnap {
     }
 
     /// Compares with the state now; `what` names the scenario in messages.
-    fn verify(&self, what: &str, chk: &mut Check) {
+    pub(crate) fn verify(&self, what: &str, chk: &mut Check) {
         let now = FdSnap::take(self.fd);
         let fd = self.fd;
         // A restored pipe or socket is a new object with a new inode number.
@@ -1194,7 +1196,7 @@ pub enum Kind {
     Signalfd,
     Timerfd,
     Epoll,
-    Inotify,
+    Fanotify,
 }
 
 impl Kind {
@@ -1206,7 +1208,7 @@ impl Kind {
             "unsupported-signalfd" => Kind::Signalfd,
             "unsupported-timerfd" => Kind::Timerfd,
             "unsupported-epoll" => Kind::Epoll,
-            "unsupported-inotify" => Kind::Inotify,
+            "unsupported-fanotify" => Kind::Fanotify,
             _ => return None,
         })
     }
@@ -1225,6 +1227,7 @@ pub struct Unsupported {
     info_len: [usize; 2],
     info_after: Vec<u8>,
     events: Vec<u8>,
+    probe: CString,
 }
 
 impl Unsupported {
@@ -1337,17 +1340,31 @@ impl Unsupported {
                 }
                 place(fd, UNS_A, false)?;
             }
-            Kind::Inotify => {
-                // SAFETY: inotify_init1 has no memory effects.
-                let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK) };
+            Kind::Fanotify => {
+                // SAFETY: fanotify_init has no memory effects.
+                let fd = unsafe {
+                    libc::fanotify_init(
+                        libc::FAN_CLASS_NOTIF | libc::FAN_NONBLOCK,
+                        libc::O_RDONLY as u32,
+                    )
+                };
                 if fd < 0 {
-                    return Err(fail("inotify_init1"));
+                    return Err(fail("fanotify_init"));
                 }
                 place(fd, UNS_A, false)?;
                 let dir = ctx.path(".");
                 // SAFETY: `dir` is NUL-terminated.
-                if unsafe { libc::inotify_add_watch(UNS_A, dir.as_ptr(), libc::IN_CREATE) } < 0 {
-                    return Err(fail("inotify_add_watch"));
+                let r = unsafe {
+                    libc::fanotify_mark(
+                        UNS_A,
+                        libc::FAN_MARK_ADD,
+                        libc::FAN_CLOSE_WRITE | libc::FAN_EVENT_ON_CHILD,
+                        libc::AT_FDCWD,
+                        dir.as_ptr(),
+                    )
+                };
+                if r != 0 {
+                    return Err(fail("fanotify_mark"));
                 }
             }
         }
@@ -1362,6 +1379,7 @@ impl Unsupported {
             info_len: [0; 2],
             info_after: vec![0u8; 8192],
             events: vec![0u8; 8192],
+            probe: ctx.path("fan-probe"),
         })
     }
 
@@ -1481,30 +1499,45 @@ impl Unsupported {
                     );
                 }
             }
-            Kind::Inotify => {
+            Kind::Fanotify => {
+                match sys::open(
+                    &self.probe,
+                    libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC,
+                    0o644,
+                ) {
+                    Ok(fd) => sys::close(fd),
+                    Err(e) => {
+                        fail!(chk, "fanotify: creating fan-probe: errno {e}");
+                        return;
+                    }
+                }
                 let _ = poll_in(UNS_A, PROMPT_MS);
                 let n = match read_once(UNS_A, &mut self.events) {
                     Ok(n) => n,
                     Err(e) => {
-                        fail!(chk, "inotify: read: errno {e} (no event for `go`)");
+                        fail!(chk, "fanotify: read: errno {e} (no event for fan-probe)");
                         return;
                     }
                 };
-                // struct inotify_event { int wd; u32 mask, cookie, len; char name[len]; }
+                // struct fanotify_event_metadata { u32 event_len; u8 vers, reserved;
+                // u16 metadata_len; u64 mask; i32 fd; i32 pid; }: each event brings an fd.
                 let mut off = 0;
-                let mut seen_go = false;
-                while off + 16 <= n {
+                let mut seen = false;
+                let mut link = [0u8; 512];
+                while off + 24 <= n {
                     let ev = &self.events[off..n];
-                    let len = u32::from_ne_bytes([ev[12], ev[13], ev[14], ev[15]]) as usize;
-                    let name = &ev[16..(16 + len).min(ev.len())];
-                    let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
-                    seen_go |= name == b"go";
-                    off += 16 + len;
+                    let len = u32::from_ne_bytes([ev[0], ev[1], ev[2], ev[3]]) as usize;
+                    let fd = i32::from_ne_bytes([ev[16], ev[17], ev[18], ev[19]]);
+                    if fd >= 0 {
+                        seen |= sys::fd_link(fd, &mut link).ends_with(b"/fan-probe");
+                        sys::close(fd);
+                    }
+                    off += len.max(24);
                 }
-                if !seen_go {
+                if !seen {
                     fail!(
                         chk,
-                        "inotify: no IN_CREATE event for `go` in {n} bytes of events"
+                        "fanotify: no FAN_CLOSE_WRITE event for fan-probe in {n} bytes of events"
                     );
                 }
             }

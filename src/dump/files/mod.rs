@@ -1,11 +1,12 @@
 //! Open file descriptors, one module per kind: regular files and directories, the common
 //! character devices, pipes and FIFOs (with their unread data), unix sockets (with their
-//! queues), eventfd, signalfd, timerfd, epoll, memfd, file locks; plus cwd and root. Any
-//! other kind fails the dump with the pid, fd and kind named.
+//! queues), eventfd, signalfd, timerfd, epoll, inotify, memfd, file locks; plus cwd and root.
+//! Any other kind fails the dump with the pid, fd and kind named.
 
 mod chardev;
 mod epoll;
 mod eventfd;
+mod inotify;
 mod locks;
 mod memfd;
 mod pipe;
@@ -91,6 +92,8 @@ pub struct FileIds {
     saved: HashSet<u64>,
     /// The unix sockets (sock_diag), read on first need, and those of the tree.
     unix: unix::UnixTable,
+    /// What the user must be told once the dump is complete (state that is not saved).
+    warnings: Vec<String>,
 }
 
 impl FileIds {
@@ -98,6 +101,11 @@ impl FileIds {
         let mut ids = FileIds::default();
         ids.unix.external = external_unix;
         ids
+    }
+
+    /// The warnings of the fds collected so far (see crate::log::warn).
+    pub fn take_warnings(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.warnings)
     }
 
     /// Every unix socket's peer is in the tree, or the user said what to do with it.
@@ -210,6 +218,8 @@ pub fn collect(pid: i32, images: &ImageDir, ids: &mut FileIds) -> Result<Fds> {
             fd::File::Timerfd(timerfd::dump(&one)?)
         } else if link == "anon_inode:[eventpoll]" {
             fd::File::Epoll(epoll::dump(&one)?)
+        } else if link == "anon_inode:inotify" {
+            fd::File::Inotify(inotify::dump(&one, ids)?)
         } else if link.starts_with("socket:[")
             && let Some(socket) = unix::dump(&one, ids)?
         {

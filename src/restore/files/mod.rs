@@ -5,6 +5,7 @@
 mod chardev;
 mod epoll;
 mod eventfd;
+mod inotify;
 mod locks;
 mod memfd;
 mod pipe;
@@ -134,6 +135,7 @@ impl OpenedFiles {
             Some(fd::File::Signalfd(s)) => signalfd::open(s, &what)?,
             Some(fd::File::Timerfd(t)) => timerfd::open(t, &what)?,
             Some(fd::File::Epoll(_)) => epoll::open(&what)?,
+            Some(fd::File::Inotify(i)) => inotify::open(i, &what)?,
             Some(fd::File::Unix(u)) => self.open_unix(u, &what)?,
             None => bail!("{what}: empty fd entry"),
         };
