@@ -41,6 +41,10 @@ enum Command {
         /// Leave the process stopped (SIGSTOP) after the dump.
         #[arg(long)]
         leave_stopped: bool,
+        /// The process is a job started from a shell: save its fds on the shell's terminal
+        /// (and that controlling terminal) as "the external terminal".
+        #[arg(long)]
+        shell_job: bool,
     },
     /// Restore a process from a directory of images.
     Restore {
@@ -59,6 +63,10 @@ enum Command {
         /// Restore even if regular files the processes have open changed size since the dump.
         #[arg(long)]
         ignore_file_size: bool,
+        /// A job dumped with --shell-job: give it the terminal rcr runs on (its stdin) in
+        /// place of the one it had, in rcr's session, in the foreground if it was.
+        #[arg(long)]
+        shell_job: bool,
     },
     /// Show which kernel features rcr needs and whether this machine has them.
     Check,
@@ -83,6 +91,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             dir,
             leave_running,
             leave_stopped,
+            shell_job,
         } => {
             let after = if leave_running {
                 AfterDump::LeaveRunning
@@ -91,7 +100,12 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             } else {
                 AfterDump::Kill
             };
-            rcr::dump::dump(&DumpOptions { pid, dir, after })?;
+            rcr::dump::dump(&DumpOptions {
+                pid,
+                dir,
+                after,
+                shell_job,
+            })?;
             Ok(0)
         }
         Command::Restore {
@@ -100,6 +114,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             pidfile,
             pidns,
             ignore_file_size,
+            shell_job,
         } => {
             let code = rcr::restore::restore(&RestoreOptions {
                 dir,
@@ -107,6 +122,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 pidfile,
                 pidns,
                 ignore_file_size,
+                shell_job,
             })?;
             Ok(code.clamp(0, 255) as u8)
         }

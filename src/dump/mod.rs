@@ -35,6 +35,9 @@ pub struct DumpOptions {
     pub pid: i32,
     pub dir: PathBuf,
     pub after: AfterDump,
+    /// The tree is a job of the shell it runs under: its fds on the shell's terminal (and
+    /// that controlling terminal) are saved as "the external terminal".
+    pub shell_job: bool,
 }
 
 /// Figures of one dump, for -v and the benchmarks.
@@ -60,7 +63,7 @@ pub fn dump(options: &DumpOptions) -> Result<DumpStats> {
     let images = ImageDir::create(&options.dir)?;
     let mut frozen = tree::seize_tree(pid, stat)?;
     let frozen_at = Instant::now();
-    let outcome = dump_frozen(&mut frozen, &images);
+    let outcome = dump_frozen(&mut frozen, &images, options.shell_job);
     let mut stats = match outcome {
         Ok(stats) => {
             // The images are complete: now the tree may go.
@@ -89,16 +92,28 @@ pub fn dump(options: &DumpOptions) -> Result<DumpStats> {
 }
 
 /// Everything done while the tree is frozen.
-fn dump_frozen(frozen: &mut tree::Frozen, images: &ImageDir) -> Result<DumpStats> {
+fn dump_frozen(frozen: &mut tree::Frozen, images: &ImageDir, shell_job: bool) -> Result<DumpStats> {
     frozen.mask_signals(crate::parasite::PARASITE_SIGMASK)?;
     fault_point("after-seize")?;
     let pids: Vec<i32> = frozen.processes.iter().map(|p| p.pid).collect();
     let mut locks = files::collect_locks(&pids)?;
     let mut stats = DumpStats::default();
     let mut file_ids = files::FileIds::default();
+    let live: Vec<i32> = frozen
+        .processes
+        .iter()
+        .filter(|p| p.zombie.is_none())
+        .map(|p| p.pid)
+        .collect();
+    file_ids.scan_ttys(&live, shell_job)?;
+    let sessions: Vec<(i32, i32, i32)> = frozen
+        .processes
+        .iter()
+        .map(|p| (p.pid, p.stat.field(5) as i32, p.stat.field(6) as i32))
+        .collect();
     for process in frozen.processes.iter().filter(|p| p.zombie.is_none()) {
         let held = locks.remove(&process.pid).unwrap_or_default();
-        stats.pages_bytes += dump_process(process, images, &mut file_ids, held)?;
+        stats.pages_bytes += dump_process(process, images, &mut file_ids, held, &sessions)?;
     }
     file_ids.check_peers()?;
     images.write(
@@ -116,6 +131,7 @@ fn dump_process(
     images: &ImageDir,
     file_ids: &mut files::FileIds,
     locks: Vec<image::proto::FileLock>,
+    sessions: &[(i32, i32, i32)],
 ) -> Result<u64> {
     let pid = process.pid;
     let phase = Instant::now();
@@ -133,6 +149,8 @@ fn dump_process(
     let mut mm = mm::collect(pid, &process.stat)?;
     let mut fds = files::collect(pid, images, file_ids)?;
     fds.locks = locks;
+    // Read again: the foreground group may have changed until the process was frozen.
+    fds.ctty = file_ids.controlling_tty(pid, &mm::Stat::read(pid)?, sessions)?;
     for vma in mm.vmas.iter().filter(|v| {
         matches!(
             v.kind(),

@@ -11,6 +11,7 @@ pub mod pidfd;
 pub mod probe;
 pub mod ptrace;
 pub mod socket;
+pub mod tty;
 
 use std::io;
 
