@@ -29,6 +29,10 @@
 //! for dumps that must be refused, `unsupported` (a unix socketpair), `unsupported-signalfd`,
 //! `unsupported-timerfd`, `unsupported-epoll`, `unsupported-inotify`.
 //!
+//! Terminals (see tty.rs): `ttys` (root, child and grandchild around a pty pair, the child's
+//! session having it as controlling terminal), `ttyshell` (a tiny shell on the terminal it
+//! was started on, whose job runs the single-process `ttyjob` part).
+//!
 //! At start the workload closes every fd above 2 it inherited, and calls setsid() so it is the leader of its own session and process
 //! group (set RCR_WORKLOAD_NO_SETSID=1 to keep the caller's session, e.g. for a shell job).
 
@@ -50,6 +54,8 @@ mod sys;
 mod taskstate;
 #[path = "rcr-workload/threads.rs"]
 mod threads;
+#[path = "rcr-workload/tty.rs"]
+mod tty;
 #[path = "rcr-workload/vector.rs"]
 mod vector;
 
@@ -230,6 +236,10 @@ fn setup(scenario: &str, ctx: &Ctx) -> Result<Setup, String> {
             parts.push(Box::new(parts::Stdio::new(ctx)?));
             Wait::Poll
         }
+        "ttyjob" => {
+            parts.push(Box::new(tty::TtyJob::new(ctx)?));
+            Wait::Poll
+        }
         "fdowner" => {
             parts.push(Box::new(files::FdOwner::new()?));
             Wait::Poll
@@ -335,6 +345,7 @@ fn multi_scenario(name: &str) -> Option<MultiRun> {
         "pipes" => |ctx, bufs, _| files::pipes(ctx, bufs),
         "sharedfd" => |ctx, bufs, _| files::sharedfd(ctx, bufs),
         "memfd" => |ctx, bufs, _| files::memfd(ctx, bufs),
+        "ttys" => |ctx, bufs, _| tty::ttys(ctx, bufs),
         _ => return None,
     })
 }
@@ -365,7 +376,12 @@ fn main() {
     // e.g. a job server's pipe, that the scenarios know nothing about).
     // SAFETY: close_range closes fds; no Rust object owns any fd above 2 at this point.
     unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
-    let scenario = args[1].as_str();
+    let mut scenario = args[1].as_str();
+    if scenario == "ttyshell" {
+        // The shell waits for its job and exits; the job goes on as `ttyjob`.
+        tty::shell();
+        scenario = "ttyjob";
+    }
     let ctx = Ctx::new(Path::new(&args[2]));
     if scenario == "counter" {
         blocking::counter(&ctx);
@@ -410,6 +426,10 @@ fn main() {
     let pid_after = sys::getpid();
     let mut chk = Check::new();
     match n_after {
+        // A forked job's mappings may merge once restored (see maps.rs).
+        Ok(n) if scenario == "ttyjob" => {
+            maps::compare_merged(&maps_before[..n_before], &maps_after[..n], &mut chk)
+        }
         Ok(n) => compare_maps(&maps_before[..n_before], &maps_after[..n], &mut chk),
         Err(e) => fail!(chk, "reading /proc/self/maps after go: errno {e}"),
     }
