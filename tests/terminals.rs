@@ -12,6 +12,7 @@ use common::{Ended, Harness, RCR, WORKLOAD, Workload, pid_exists, tree_shape};
 use std::fs;
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -21,6 +22,43 @@ use std::time::{Duration, Instant};
 /// grandchild (the foreground group).
 const TTYS_PROCS: usize = 3;
 
+/// The index N of the workload root's pty (its master is fd 10), from fdinfo.
+fn pty_index_of(w: &Workload) -> u32 {
+    let info = fs::read_to_string(format!("/proc/{}/fdinfo/10", w.pid)).expect("fdinfo of fd 10");
+    info.lines()
+        .find_map(|l| l.strip_prefix("tty-index:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no tty-index in fdinfo of fd 10: {info}"))
+}
+
+/// Opens /dev/ptmx until this test holds pty `index` (the others it got on the way too);
+/// None if a pty beyond it came first (someone else holds it).
+fn hold_pty(index: u32) -> Option<Vec<OwnedFd>> {
+    let mut held = Vec::new();
+    loop {
+        let ptmx: OwnedFd = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
+            .open("/dev/ptmx")
+            .expect("open /dev/ptmx")
+            .into();
+        let mut n: libc::c_uint = 0;
+        // SAFETY: TIOCGPTN writes one unsigned int.
+        let r = unsafe { libc::ioctl(ptmx.as_raw_fd(), libc::TIOCGPTN, &mut n) };
+        assert_eq!(r, 0, "TIOCGPTN: {}", std::io::Error::last_os_error());
+        held.push(ptmx);
+        if n == index {
+            return Some(held);
+        }
+        if n > index {
+            return None;
+        }
+    }
+}
+
+/// Dump, then restore while this test holds the pty's index (refused, naming it, nothing
+/// created), then restore for real: the workload PASSes.
 #[test]
 fn pty_pair_in_tree() {
     let mut h = Harness::new("pty_pair_in_tree");
@@ -31,10 +69,28 @@ fn pty_pair_in_tree() {
         "processes at ready: {:#?}",
         w.tree
     );
+    let index = pty_index_of(&w);
     let img = h.path("img");
     h.dump(&w, &img, &[]).assert_ok_for(&w);
     h.reap_dumped_tree(&w);
     w.go();
+    match hold_pty(index) {
+        Some(held) => {
+            let refused = h.restore(&w, &img, &[]);
+            let line = refused.assert_refused();
+            assert!(
+                line.contains(&format!("/dev/pts/{index}")) && line.contains("in use"),
+                "the refusal names the pty: {line}"
+            );
+            assert!(
+                !pid_exists(w.pid),
+                "a refused restore created pid {}",
+                w.pid
+            );
+            drop(held);
+        }
+        None => eprintln!("pty {index} was taken by someone else: refusal not checked"),
+    }
     let r = h.restore(&w, &img, &[]);
     r.assert_ok_for(&w);
     assert_eq!(r.pid, Some(w.pid), "pidfile vs the original root pid");

@@ -73,6 +73,11 @@ pub fn set_winsize(fd: BorrowedFd, size: [u16; 4]) -> io::Result<()> {
     ioctl_ptr(fd, libc::TIOCSWINSZ, &mut size)
 }
 
+/// TIOCGETD: the line discipline (0: N_TTY).
+pub fn line_discipline(fd: BorrowedFd) -> io::Result<i32> {
+    get_int(fd, libc::TIOCGETD)
+}
+
 /// TIOCGPTN: the N of /dev/pts/N, from a master.
 pub fn pty_index(fd: BorrowedFd) -> io::Result<u32> {
     let mut index: libc::c_uint = 0;

@@ -197,6 +197,15 @@ fn save_state(one: &OneFd, index: u32, master: bool, ttys: &TreeTtys) -> Result<
     let what = || format!("pid {} fd {}: /dev/pts/{index}", one.pid, one.fd);
     let (master_fd, slave) = open_pair(one, index, master, ttys)?;
     let (m, s) = (master_fd.as_fd(), slave.as_fd());
+    // The data in flight is read and put back through N_TTY's semantics.
+    match systty::line_discipline(s) {
+        Ok(0) => {}
+        Ok(ldisc) => bail!(
+            "{}: line discipline {ldisc} is not supported (only N_TTY)",
+            what()
+        ),
+        Err(err) => return Err(err).with_context(what),
+    }
     let termios = systty::get_termios(s).with_context(what)?;
     let [rows, cols, xpixel, ypixel] = systty::get_winsize(s).with_context(what)?;
     let packet_mode = systty::packet_mode(m).with_context(what)?;

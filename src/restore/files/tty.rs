@@ -139,7 +139,8 @@ pub(crate) fn refill_input(
     Ok(())
 }
 
-/// Opens a tty device for the tree: the dumped access mode and status flags, O_NOCTTY.
+/// Opens a tty device for the tree: the dumped access mode and status flags (O_ASYNC set
+/// afterwards: open(2) ignores it), O_NOCTTY.
 fn open_tty(path: &str, flags: u32, what: &str) -> Result<OwnedFd> {
     let accmode = flags & libc::O_ACCMODE as u32;
     let status = (flags as i32) & (libc::O_NONBLOCK | libc::O_APPEND | libc::O_ASYNC);
@@ -149,6 +150,13 @@ fn open_tty(path: &str, flags: u32, what: &str) -> Result<OwnedFd> {
         .custom_flags(status | libc::O_NOCTTY)
         .open(path)
         .with_context(|| format!("{what}: cannot open {path}"))?;
+    if status & libc::O_ASYNC != 0 {
+        fcntl(
+            file.as_fd(),
+            FcntlArg::F_SETFL(OFlag::from_bits_truncate(status)),
+        )
+        .with_context(|| format!("{what}: O_ASYNC"))?;
+    }
     Ok(file.into())
 }
 
