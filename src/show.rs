@@ -896,6 +896,7 @@ mod tests {
                 Some(PID),
                 &Fds {
                     locks: Vec::new(),
+                    ctty: None,
                     cwd: "/".into(),
                     root: "/".into(),
                     fds: vec![
