@@ -136,6 +136,33 @@ fn pty_pair_leave_running() {
     w.assert_pass();
 }
 
+/// A dump that fails after the pty's data in flight was read (fault injected once the
+/// root, whose fd 10 names the pty first, is infected) leaves the tree running as it was:
+/// it PASSes on go with every byte still there.
+#[test]
+fn pty_pair_failed_dump() {
+    let mut h = Harness::new("pty_pair_failed_dump");
+    let w = h.spawn("ttys");
+    assert_eq!(
+        w.tree.len(),
+        TTYS_PROCS,
+        "processes at ready: {:#?}",
+        w.tree
+    );
+    let img = h.path("img");
+    let failed = h.dump_env(&w, &img, &[], &[("RCR_FAULT_INJECT", "after-infect")]);
+    let line = failed.assert_refused();
+    assert!(line.contains("injected fault"), "the failure: {line}");
+    h.assert_tree_as_at_ready(&w);
+    w.go();
+    assert_eq!(
+        h.wait_exit(&w),
+        Ended::Code(0),
+        "the original's exit status"
+    );
+    w.assert_pass();
+}
+
 /// A new pty of this test: (master, slave, /dev/pts/N), both close-on-exec.
 fn new_pty() -> (OwnedFd, OwnedFd, String) {
     let (mut master, mut slave) = (-1, -1);
