@@ -97,6 +97,28 @@ fn pty_pair_in_tree() {
     w.assert_pass();
 }
 
+/// The same tree restored into a new PID namespace: the session leader takes its terminal
+/// and sets the foreground group with the pids it knows.
+#[test]
+fn pty_pair_pidns() {
+    let mut h = Harness::new("pty_pair_pidns");
+    let w = h.spawn("ttys");
+    assert_eq!(
+        w.tree.len(),
+        TTYS_PROCS,
+        "processes at ready: {:#?}",
+        w.tree
+    );
+    let img = h.path("img");
+    h.dump(&w, &img, &[]).assert_ok_for(&w);
+    h.reap_dumped_tree(&w);
+    w.go();
+    let r = h.restore(&w, &img, &["--pidns"]);
+    r.assert_ok_for(&w);
+    assert!(r.pid.is_some(), "pidfile written");
+    w.assert_pass();
+}
+
 /// --leave-running: the original must still PASS (the dump consumed none of the data in
 /// flight and left the settings as they were); then the image restores and PASSes too.
 #[test]
@@ -301,6 +323,16 @@ fn shell_job() {
         std::thread::sleep(Duration::from_millis(10));
     }
     drop(master1);
+
+    // Without --shell-job (and without a terminal) the restore is refused before anything
+    // is created.
+    let refused = h.restore(&w, &img, &[]);
+    let line = refused.assert_refused();
+    assert!(
+        line.contains("--shell-job"),
+        "the refusal names the option: {line}"
+    );
+    assert!(!pid_exists(job), "a refused restore created pid {job}");
 
     let (master2, slave2, tty2) = new_pty();
     fs::write(dir.join("newtty"), format!("{tty2}\n")).expect("write newtty");
