@@ -103,7 +103,7 @@ pub(crate) fn refill_output(
 /// (TIOCSTI) with the canonical mode of `termios` but nothing else that would act on the
 /// bytes (echo, signals, flow control, input translation, editing characters), then
 /// `termios` again. The slave's queue must be empty. Bytes beyond what the line discipline
-/// holds are written on the master.
+/// holds (or all that is left when TIOCSTI is refused) are written on the master.
 pub(crate) fn refill_input(
     slave: BorrowedFd,
     master: BorrowedFd,
@@ -125,18 +125,27 @@ pub(crate) fn refill_input(
         quiet.c_cc[special] = 0;
     }
     systty::set_termios(slave, &quiet)?;
-    let (now, later) = data.split_at(data.len().min(LINE_DISCIPLINE_ROOM));
-    let pushed = now
-        .iter()
-        .try_for_each(|&byte| systty::push_input(slave, byte));
+    let now = &data[..data.len().min(LINE_DISCIPLINE_ROOM)];
+    let mut pushed = 0;
+    for &byte in now {
+        if let Err(err) = systty::push_input(slave, byte) {
+            // No TIOCSTI (no CAP_SYS_ADMIN): the rest goes through the master, so that no
+            // byte is lost, processed later with the final settings.
+            crate::log::info(&format!(
+                "TIOCSTI failed ({err}): {} bytes of input written on the master",
+                data.len() - pushed
+            ));
+            break;
+        }
+        pushed += 1;
+    }
     let back = systty::set_termios(slave, termios);
-    pushed?;
-    back?;
+    let later = &data[pushed..];
     if !later.is_empty() {
         let mut file = std::fs::File::from(master.try_clone_to_owned()?);
         file.write_all(later)?;
     }
-    Ok(())
+    back
 }
 
 /// Opens a tty device for the tree: the dumped access mode and status flags (O_ASYNC set
