@@ -53,6 +53,10 @@ enum Command {
         /// as if the peer had closed its end.
         #[arg(long, value_name = "MODE")]
         external_unix: Option<ExternalUnixMode>,
+        /// The process is a job started from a shell: save its fds on the shell's terminal
+        /// (and that controlling terminal) as "the external terminal".
+        #[arg(long)]
+        shell_job: bool,
     },
     /// Restore a process from a directory of images.
     Restore {
@@ -71,6 +75,10 @@ enum Command {
         /// Restore even if regular files the processes have open changed size since the dump.
         #[arg(long)]
         ignore_file_size: bool,
+        /// A job dumped with --shell-job: give it the terminal rcr runs on (its stdin) in
+        /// place of the one it had, in rcr's session, in the foreground if it was.
+        #[arg(long)]
+        shell_job: bool,
     },
     /// Show which kernel features rcr needs and whether this machine has them.
     Check,
@@ -96,6 +104,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             leave_running,
             leave_stopped,
             external_unix,
+            shell_job,
         } => {
             let after = if leave_running {
                 AfterDump::LeaveRunning
@@ -114,6 +123,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 dir,
                 after,
                 external_unix,
+                shell_job,
             })?;
             Ok(0)
         }
@@ -123,6 +133,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             pidfile,
             pidns,
             ignore_file_size,
+            shell_job,
         } => {
             let code = rcr::restore::restore(&RestoreOptions {
                 dir,
@@ -130,6 +141,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 pidfile,
                 pidns,
                 ignore_file_size,
+                shell_job,
             })?;
             Ok(code.clamp(0, 255) as u8)
         }

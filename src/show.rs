@@ -476,6 +476,23 @@ fn text_fds(out: &mut String, pid: u32, fds: &Fds) {
     heading(out, &Kind::Fds.file_name(Some(pid)));
     let _ = writeln!(out, "cwd  {}", fds.cwd);
     let _ = writeln!(out, "root {}", fds.root);
+    if let Some(ctty) = &fds.ctty {
+        let _ = writeln!(
+            out,
+            "controlling terminal /dev/pts/{}{}{}",
+            ctty.index,
+            if ctty.external {
+                " (outside the tree: shell job)"
+            } else {
+                ""
+            },
+            if ctty.foreground_pgid > 0 {
+                format!(", foreground group {}", ctty.foreground_pgid)
+            } else {
+                String::new()
+            }
+        );
+    }
     for f in &fds.fds {
         let cloexec = if f.cloexec { " cloexec" } else { "" };
         let dup = f
@@ -580,10 +597,39 @@ fn text_fds(out: &mut String, pid: u32, fds: &Fds) {
                 }
                 text
             }
+            Some(fd::File::Tty(t)) => text_tty(t),
             None => "unknown file type".to_owned(),
         };
         let _ = writeln!(out, "  {:>4} {what}{cloexec}{dup} file {}", f.fd, f.file_id);
     }
+}
+
+fn text_tty(t: &crate::image::proto::Tty) -> String {
+    let end = if t.external {
+        format!("terminal /dev/pts/{} outside the tree (shell job)", t.index)
+    } else if t.master {
+        format!("pty master of /dev/pts/{}", t.index)
+    } else {
+        format!("pty slave /dev/pts/{}", t.index)
+    };
+    let state = t.state.as_ref().map_or(String::new(), |s| {
+        let termios = s.termios.clone().unwrap_or_default();
+        format!(
+            " iflag {:#o} oflag {:#o} cflag {:#o} lflag {:#o} size {}x{}{}{}{} output {} bytes input {} bytes",
+            termios.iflag,
+            termios.oflag,
+            termios.cflag,
+            termios.lflag,
+            s.cols,
+            s.rows,
+            if s.packet_mode { " packet" } else { "" },
+            if s.locked { " locked" } else { "" },
+            if s.exclusive { " exclusive" } else { "" },
+            s.output.len(),
+            s.input.len()
+        )
+    });
+    format!("{end} {}{state}", open_flags(t.flags))
 }
 
 fn open_flags(flags: u32) -> String {
@@ -892,6 +938,7 @@ mod tests {
                 Some(PID),
                 &Fds {
                     locks: Vec::new(),
+                    ctty: None,
                     cwd: "/".into(),
                     root: "/".into(),
                     fds: vec![

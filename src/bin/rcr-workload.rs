@@ -33,6 +33,10 @@
 //! `inotify-pending` (the same with events queued at the dump) and `inotify-unlinked` (a
 //! watch on a file without a name, for a dump that must be refused).
 //!
+//! Terminals (see tty.rs): `ttys` (root, child and grandchild around a pty pair, the child's
+//! session having it as controlling terminal), `ttyshell` (a tiny shell on the terminal it
+//! was started on, whose job runs the single-process `ttyjob` part).
+//!
 //! At start the workload closes every fd above 2 it inherited, and calls setsid() so it is the leader of its own session and process
 //! group (set RCR_WORKLOAD_NO_SETSID=1 to keep the caller's session, e.g. for a shell job).
 
@@ -56,6 +60,8 @@ mod sys;
 mod taskstate;
 #[path = "rcr-workload/threads.rs"]
 mod threads;
+#[path = "rcr-workload/tty.rs"]
+mod tty;
 #[path = "rcr-workload/unix.rs"]
 mod unix;
 #[path = "rcr-workload/vector.rs"]
@@ -248,6 +254,10 @@ fn setup(scenario: &str, ctx: &Ctx) -> Result<Setup, String> {
             parts.push(Box::new(unix::Outside::new(ctx)?));
             Wait::Poll
         }
+        "ttyjob" => {
+            parts.push(Box::new(tty::TtyJob::new(ctx)?));
+            Wait::Poll
+        }
         "fdowner" => {
             parts.push(Box::new(files::FdOwner::new()?));
             Wait::Poll
@@ -358,6 +368,7 @@ fn multi_scenario(name: &str) -> Option<MultiRun> {
         "pipes" => |ctx, bufs, _| files::pipes(ctx, bufs),
         "sharedfd" => |ctx, bufs, _| files::sharedfd(ctx, bufs),
         "memfd" => |ctx, bufs, _| files::memfd(ctx, bufs),
+        "ttys" => |ctx, bufs, _| tty::ttys(ctx, bufs),
         _ => return None,
     })
 }
@@ -388,7 +399,12 @@ fn main() {
     // e.g. a job server's pipe, that the scenarios know nothing about).
     // SAFETY: close_range closes fds; no Rust object owns any fd above 2 at this point.
     unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
-    let scenario = args[1].as_str();
+    let mut scenario = args[1].as_str();
+    if scenario == "ttyshell" {
+        // The shell waits for its job and exits; the job goes on as `ttyjob`.
+        tty::shell();
+        scenario = "ttyjob";
+    }
     let ctx = Ctx::new(Path::new(&args[2]));
     if scenario == "counter" {
         blocking::counter(&ctx);
@@ -433,6 +449,10 @@ fn main() {
     let pid_after = sys::getpid();
     let mut chk = Check::new();
     match n_after {
+        // A forked job's mappings may merge once restored (see maps.rs).
+        Ok(n) if scenario == "ttyjob" => {
+            maps::compare_merged(&maps_before[..n_before], &maps_after[..n], &mut chk)
+        }
         Ok(n) => compare_maps(&maps_before[..n_before], &maps_after[..n], &mut chk),
         Err(e) => fail!(chk, "reading /proc/self/maps after go: errno {e}"),
     }

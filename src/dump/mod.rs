@@ -37,6 +37,9 @@ pub struct DumpOptions {
     pub after: AfterDump,
     /// What to do with unix sockets whose peer is outside the tree.
     pub external_unix: image::proto::ExternalUnix,
+    /// The tree is a job of the shell it runs under: its fds on the shell's terminal (and
+    /// that controlling terminal) are saved as "the external terminal".
+    pub shell_job: bool,
 }
 
 /// Figures of one dump, for -v and the benchmarks.
@@ -100,8 +103,20 @@ fn dump_frozen(
     fault_point("after-seize")?;
     let mut stats = DumpStats::default();
     let mut file_ids = files::FileIds::new(options.external_unix);
+    let live: Vec<i32> = frozen
+        .processes
+        .iter()
+        .filter(|p| p.zombie.is_none())
+        .map(|p| p.pid)
+        .collect();
+    file_ids.scan_ttys(&live, options.shell_job)?;
+    let sessions: Vec<(i32, i32, i32)> = frozen
+        .processes
+        .iter()
+        .map(|p| (p.pid, p.stat.field(5) as i32, p.stat.field(6) as i32))
+        .collect();
     for process in frozen.processes.iter().filter(|p| p.zombie.is_none()) {
-        stats.pages_bytes += dump_process(process, images, &mut file_ids)?;
+        stats.pages_bytes += dump_process(process, images, &mut file_ids, &sessions)?;
     }
     file_ids.check_peers()?;
     images.write(
@@ -121,6 +136,7 @@ fn dump_process(
     process: &tree::FrozenProcess,
     images: &ImageDir,
     file_ids: &mut files::FileIds,
+    sessions: &[(i32, i32, i32)],
 ) -> Result<u64> {
     let pid = process.pid;
     let phase = Instant::now();
@@ -136,7 +152,9 @@ fn dump_process(
     core.seccomp = Some(seccomp::collect(pid)?);
     core.cgroups = Some(cgroups::collect(pid)?);
     let mut mm = mm::collect(pid, &process.stat)?;
-    let fds = files::collect(pid, images, file_ids)?;
+    let mut fds = files::collect(pid, images, file_ids)?;
+    // Read again: the foreground group may have changed until the process was frozen.
+    fds.ctty = file_ids.controlling_tty(pid, &mm::Stat::read(pid)?, sessions)?;
     for vma in mm.vmas.iter().filter(|v| {
         matches!(
             v.kind(),

@@ -42,6 +42,9 @@ pub struct RestoreOptions {
     pub pidns: bool,
     /// Restore even if regular files changed size since the dump.
     pub ignore_file_size: bool,
+    /// A job dumped with --shell-job: its fds on the external terminal become rcr's
+    /// terminal (stdin), it joins rcr's session and gets the foreground if it had it.
+    pub shell_job: bool,
 }
 
 /// How the tree's pids (as the images have them) are seen from rcr: the same numbers, or,
@@ -209,7 +212,8 @@ pub fn restore(options: &RestoreOptions) -> Result<i32> {
             }
         }
     }
-    let (pid, waited) = restore_tree(&images, &processes, options.pidns)?;
+    files::tty::check(&processes, options.shell_job)?;
+    let (pid, waited) = restore_tree(&images, &processes, options.pidns, options.shell_job)?;
     log::info(&format!(
         "pid {pid}: restored {} processes in {:.1} ms",
         processes.len(),
@@ -222,13 +226,41 @@ pub fn restore(options: &RestoreOptions) -> Result<i32> {
     if options.detach {
         return Ok(0);
     }
-    loop {
+    let code = loop {
         match waitpid(pt::pid(waited), None)? {
-            WaitStatus::Exited(_, code) => return Ok(code),
-            WaitStatus::Signaled(_, sig, _) => return Ok(128 + sig as i32),
+            WaitStatus::Exited(_, code) => break code,
+            WaitStatus::Signaled(_, sig, _) => break 128 + sig as i32,
             _ => continue,
         }
+    };
+    if options.shell_job {
+        // The job is over: the terminal's foreground is rcr's group again, as a shell does.
+        let _ = give_terminal(nix::unistd::getpgrp().as_raw());
     }
+    Ok(code)
+}
+
+/// Makes `pgid` the foreground group of rcr's terminal (stdin), SIGTTOU blocked meanwhile
+/// (rcr may be in the background itself).
+fn give_terminal(pgid: i32) -> Result<()> {
+    use nix::sys::signal::{SigSet, SigmaskHow, sigprocmask};
+    let mut ttou = SigSet::empty();
+    ttou.add(Signal::SIGTTOU);
+    let mut old = SigSet::empty();
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&ttou), Some(&mut old))?;
+    let given = crate::sys::tty::set_foreground_raw(0, pgid);
+    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old), None)?;
+    given.with_context(|| format!("cannot make group {pgid} the foreground of rcr's terminal"))
+}
+
+/// --shell-job: the process group of the tree that had the external terminal's foreground
+/// at dump time (a group the tree leads), if any.
+fn shell_job_foreground(processes: &[ProcessImages]) -> Option<u32> {
+    processes.iter().find_map(|p| {
+        let ctty = p.images.as_ref()?.fds.ctty.as_ref()?;
+        let fg = u32::try_from(ctty.foreground_pgid).ok()?;
+        (ctty.external && fg != 0 && processes.iter().any(|q| q.entry.pid == fg)).then_some(fg)
+    })
 }
 
 /// fds the restorer gives a process for its own use, numbered above the process' own fds.
@@ -362,7 +394,12 @@ fn raise_nofile_limit() {
 
 /// Creates the tree and rebuilds every process; kills all of it if anything fails. Returns the
 /// root's pid and the pid of rcr's child (the root, or the init of the new pid namespace).
-fn restore_tree(images: &ImageDir, processes: &[ProcessImages], pidns: bool) -> Result<(i32, i32)> {
+fn restore_tree(
+    images: &ImageDir,
+    processes: &[ProcessImages],
+    pidns: bool,
+    shell_job: bool,
+) -> Result<(i32, i32)> {
     raise_nofile_limit();
     let current_layout = read_maps(std::process::id() as i32)?;
     let mut all_services = Vec::new();
@@ -409,6 +446,8 @@ fn restore_tree(images: &ImageDir, processes: &[ProcessImages], pidns: bool) -> 
     opened.count_users(&all_fds);
     opened.create_pipes(&all_fds)?;
     opened.create_unix_sockets(&all_fds)?;
+    opened.set_shell_job(shell_job);
+    opened.create_ttys(&all_fds)?;
     let mut plans = Vec::new();
     for (index, process) in processes.iter().enumerate() {
         let (report_read, report_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
@@ -422,6 +461,7 @@ fn restore_tree(images: &ImageDir, processes: &[ProcessImages], pidns: bool) -> 
             children: Vec::new(),
             report_read: Some(report_read),
             report_write: Some(report_write),
+            ctty: None,
         };
         if let (Some(live), Some((services, mapped))) = (&process.images, &all_services[index]) {
             let (moves, cwd) = open_process_files(
@@ -436,9 +476,21 @@ fn restore_tree(images: &ImageDir, processes: &[ProcessImages], pidns: bool) -> 
             plan.keep.sort_unstable();
             plan.moves = moves;
             plan.cwd = Some(cwd);
+            let leader = process.entry.sid == process.entry.pid;
+            if let Some(ctty) = live.fds.ctty.as_ref().filter(|c| !c.external && leader) {
+                let Some(fd) = opened.tty_helper(ctty.index) else {
+                    bail!(
+                        "pid {}: its controlling terminal /dev/pts/{} was not restored",
+                        process.entry.pid,
+                        ctty.index
+                    );
+                };
+                plan.ctty = Some((fd, ctty.foreground_pgid));
+            }
         }
         plans.push(plan);
     }
+    opened.finish_ttys()?;
     for index in 1..processes.len() {
         let parent = processes
             .iter()
@@ -515,6 +567,9 @@ fn restore_tree(images: &ImageDir, processes: &[ProcessImages], pidns: bool) -> 
             pt::seize(pid)?;
             seized.push(pid);
             rebuild(pid, live, services, &pids)?;
+        }
+        if shell_job && let Some(pgid) = shell_job_foreground(processes) {
+            give_terminal(pids.outer(pgid)?)?;
         }
         Ok(())
     })();

@@ -25,6 +25,9 @@ pub struct ChildPlan {
     /// The pipe it reports on: rcr or its parent reads `report_read`.
     pub report_read: Option<OwnedFd>,
     pub report_write: Option<OwnedFd>,
+    /// A session leader's controlling terminal: an fd rcr holds on it (inherited), and the
+    /// foreground process group to give it once the session's processes exist (0: its own).
+    pub ctty: Option<(i32, i32)>,
 }
 
 /// A report: errno (0 = ready) and the pid it concerns.
@@ -236,6 +239,10 @@ fn prepare(plans: &[ChildPlan], index: usize) -> std::result::Result<(), Failure
     child::set_pdeathsig(libc::SIGKILL).map_err(&fail)?;
     if entry.sid == pid {
         child::setsid().map_err(&fail)?;
+        // Before any child: they get the controlling terminal from the session leader.
+        if let Some((tty, _)) = plan.ctty {
+            crate::sys::tty::set_controlling_raw(tty).map_err(&fail)?;
+        }
     } else if entry.pgid == pid {
         child::setpgid_self().map_err(&fail)?;
     } else if index != 0 {
@@ -271,6 +278,13 @@ fn prepare(plans: &[ChildPlan], index: usize) -> std::result::Result<(), Failure
                 pid: u32::from_le_bytes(bytes[1..].try_into().unwrap()),
             });
         }
+    }
+    // Every process of the session is a descendant, created by now: its groups exist.
+    if let Some((tty, foreground)) = plan.ctty
+        && foreground > 0
+        && foreground as u32 != pid
+    {
+        crate::sys::tty::set_foreground_raw(tty, foreground).map_err(&fail)?;
     }
     if entry.zombie {
         return Ok(());

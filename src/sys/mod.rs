@@ -12,6 +12,7 @@ pub mod pidfd;
 pub mod probe;
 pub mod ptrace;
 pub mod socket;
+pub mod tty;
 
 use std::io;
 

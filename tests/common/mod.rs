@@ -817,6 +817,27 @@ impl Harness {
         Ok(pid)
     }
 
+    /// Registers a process the test spawned itself (e.g. on a terminal of its own): it is
+    /// killed (if still running) and reaped in cleanup, and wait_helper can wait for it.
+    pub fn adopt(&mut self, child: Child) -> i32 {
+        let pid = child.id() as i32;
+        self.children.push(child);
+        pid
+    }
+
+    /// Records the tree of a workload the test started itself (cleanup kills what still
+    /// names this test's rcr-workload) and notes that a restore may bring its root back.
+    pub fn track(&mut self, w: &Workload) {
+        for p in w.pids() {
+            if !self.tracked.contains(&p) {
+                self.tracked.push(p);
+            }
+        }
+        if !self.restored.contains(&w.pid) {
+            self.restored.push(w.pid);
+        }
+    }
+
     /// Sends `sig` to a helper started by spawn_helper (still our unreaped child).
     pub fn signal_helper(&mut self, pid: i32, sig: Signal) {
         let idx = self.child_index(pid).expect("the helper is our child");

@@ -1,7 +1,8 @@
 //! Open file descriptors, one module per kind: regular files and directories, the common
 //! character devices, pipes and FIFOs (with their unread data), unix sockets (with their
-//! queues), eventfd, signalfd, timerfd, epoll, inotify, memfd, file locks; plus cwd and root.
-//! Any other kind fails the dump with the pid, fd and kind named.
+//! queues), pseudo-terminals (with their settings and data in flight, and each process'
+//! controlling terminal), eventfd, signalfd, timerfd, epoll, inotify, memfd, file locks; plus
+//! cwd and root. Any other kind fails the dump with the pid, fd and kind named.
 
 mod chardev;
 mod epoll;
@@ -13,6 +14,7 @@ mod pipe;
 mod regular;
 mod signalfd;
 mod timerfd;
+mod tty;
 mod unix;
 
 use std::collections::{HashMap, HashSet};
@@ -94,6 +96,8 @@ pub struct FileIds {
     unix: unix::UnixTable,
     /// What the user must be told once the dump is complete (state that is not saved).
     warnings: Vec<String>,
+    /// The ptys of the tree (scanned before the first process is dumped).
+    ttys: tty::TreeTtys,
 }
 
 impl FileIds {
@@ -106,6 +110,23 @@ impl FileIds {
     /// The warnings of the fds collected so far (see crate::log::warn).
     pub fn take_warnings(&mut self) -> Vec<String> {
         std::mem::take(&mut self.warnings)
+    }
+
+    /// Finds the ptys the frozen tree `pids` has fds on (a slave's master may be in a later
+    /// process); `shell_job`: a terminal outside the tree is the shell's (--shell-job).
+    pub fn scan_ttys(&mut self, pids: &[i32], shell_job: bool) -> Result<()> {
+        self.ttys = tty::TreeTtys::scan(pids, shell_job)?;
+        Ok(())
+    }
+
+    /// The controlling terminal of `pid`; `tree` holds (pid, pgid, sid) of every process.
+    pub fn controlling_tty(
+        &mut self,
+        pid: i32,
+        stat: &crate::dump::mm::Stat,
+        tree: &[(i32, i32, i32)],
+    ) -> Result<Option<crate::image::proto::ControllingTty>> {
+        tty::controlling(pid, stat, tree, &mut self.ttys)
     }
 
     /// Every unix socket's peer is in the tree, or the user said what to do with it.
@@ -205,6 +226,10 @@ pub fn collect(pid: i32, images: &ImageDir, ids: &mut FileIds) -> Result<Fds> {
         } else if (file_type.is_file() || file_type.is_dir()) && link.starts_with('/') {
             fd::File::Regular(regular::dump(&one, ids)?)
         } else if file_type.is_char_device()
+            && let Some(tty) = tty::dump(&one, ids)?
+        {
+            fd::File::Tty(tty)
+        } else if file_type.is_char_device()
             && let Some(device) = chardev::dump(&one)?
         {
             fd::File::Chardev(device)
@@ -272,5 +297,6 @@ pub fn collect(pid: i32, images: &ImageDir, ids: &mut FileIds) -> Result<Fds> {
         cwd: link("cwd")?,
         root: link("root")?,
         locks,
+        ctty: None,
     })
 }

@@ -12,6 +12,7 @@ mod pipe;
 mod regular;
 mod signalfd;
 mod timerfd;
+pub mod tty;
 mod unix;
 
 use std::collections::HashMap;
@@ -72,6 +73,8 @@ pub struct OpenedFiles {
     fifos: HashMap<u64, OwnedFd>,
     sockets: HashMap<u64, Option<OwnedFd>>,
     held: Vec<OwnedFd>,
+    /// The ptys of the tree.
+    ttys: tty::OpenedTtys,
     /// Descriptions that only one process of the tree has (they may be placed in place).
     single_process: std::collections::HashSet<u64>,
 }
@@ -88,6 +91,7 @@ impl OpenedFiles {
             fifos: HashMap::new(),
             sockets: HashMap::new(),
             held: Vec::new(),
+            ttys: Default::default(),
             single_process: Default::default(),
         }
     }
@@ -137,6 +141,7 @@ impl OpenedFiles {
             Some(fd::File::Epoll(_)) => epoll::open(&what)?,
             Some(fd::File::Inotify(i)) => inotify::open(i, &what)?,
             Some(fd::File::Unix(u)) => self.open_unix(u, &what)?,
+            Some(fd::File::Tty(t)) => self.open_tty(t, &what)?,
             None => bail!("{what}: empty fd entry"),
         };
         // A description only this process uses goes straight to its own number when that is
