@@ -180,12 +180,9 @@ fn unix_socketpair() {
     roundtrip("unix_socketpair", "unsupported", 1);
 }
 
-/// signalfd, timerfd and epoll are restored now: the workloads that once had to be refused
-/// check after the restore that each fd is as before (link, flags, fdinfo, except the
-/// timerfd's time left) and still works (the timer is still armed).
 /// One process holding eventfds, an unlinked file, a FIFO with data, three kinds of file
-/// locks, an fd owner and signal, every kind of unix socket of the `unix` scenario and
-/// regular files at once.
+/// locks, an fd owner and signal, every kind of unix socket of the `unix` scenario, two
+/// inotify instances, a pty pair with data in flight both ways and regular files at once.
 #[test]
 fn all_file_kinds_at_once() {
     roundtrip("all_file_kinds_at_once", "files-all", 1);
@@ -215,6 +212,9 @@ fn unlinked_file() {
     roundtrip("unlinked_file", "unlinked", 1);
 }
 
+/// signalfd, timerfd and epoll: the workloads that once had to be refused check after the
+/// restore that each fd is as before (link, flags, fdinfo, except the timerfd's time left)
+/// and still works (the timer is still armed; an expired one has its tick pending).
 #[test]
 fn signalfd() {
     roundtrip("signalfd", "unsupported-signalfd", 1);
@@ -242,7 +242,7 @@ fn unsupported_fanotify_is_refused() {
     );
 }
 
-/// Two inotify instances (blocking at fd 10, IN_NONBLOCK|IN_CLOEXEC at fd 11) with watches on
+/// Two inotify instances (blocking at fd 90, IN_NONBLOCK|IN_CLOEXEC at fd 91) with watches on
 /// a directory, files and a symlink itself, and removed wds between and below the live ones:
 /// the same flags, fdinfo and wds after the restore, each watch delivering its events,
 /// removed wds staying removed (see src/bin/rcr-workload/inotify.rs).
@@ -268,7 +268,7 @@ fn inotify_pending_events_are_lost_with_a_warning() {
     dump.assert_ok_for(&w);
     let warnings: Vec<&str> = dump.stderr.lines().collect();
     assert_eq!(warnings.len(), 2, "one warning per instance: {warnings:?}");
-    for (line, fd) in warnings.iter().zip([10, 11]) {
+    for (line, fd) in warnings.iter().zip([90, 91]) {
         assert!(
             line.starts_with("rcr: warning: ")
                 && line.contains(&format!("pid {} fd {fd}:", w.pid))
@@ -291,7 +291,7 @@ fn inotify_watch_without_a_path_is_refused() {
     refused(
         "inotify_watch_without_a_path_is_refused",
         "inotify-unlinked",
-        &[10],
+        &[90],
         &["inotify watch wd 1"],
     );
 }
@@ -312,7 +312,7 @@ fn inotify_watched_file_removed_before_restore() {
     let r = h.restore(&w, &img, &[]);
     let line = r.assert_refused();
     assert!(
-        line.contains(&format!("pid {} fd 10:", w.pid)) && line.contains(&*gone.to_string_lossy()),
+        line.contains(&format!("pid {} fd 90:", w.pid)) && line.contains(&*gone.to_string_lossy()),
         "the refusal names pid, fd and path: {line}"
     );
     assert!(

@@ -3,11 +3,11 @@
 //! Files in DIR/inotify-w/: directory `dir`, files `a`, `b`, `c`, `t1`, `t2`, `t3`, and the
 //! symlink `link` -> `a`.
 //!
-//! - fd 10 = inotify_init1(0) (blocking, no FD_CLOEXEC). Watches added in this order: `dir`
+//! - fd 90 = inotify_init1(0) (blocking, no FD_CLOEXEC). Watches added in this order: `dir`
 //!   (IN_CREATE|IN_DELETE|IN_ONLYDIR) wd 1, `t1` wd 2, `t2` wd 3 (IN_MODIFY), `a`
 //!   (IN_MODIFY|IN_CLOSE_WRITE) wd 4, then wds 2 and 3 removed; `b` (IN_ATTRIB) wd 5, `t3`
 //!   wd 6, `c` (IN_OPEN|IN_EXCL_UNLINK) wd 7, then wd 6 removed. Live: 1, 4, 5, 7.
-//! - fd 11 = inotify_init1(IN_NONBLOCK|IN_CLOEXEC): `t1` (IN_MODIFY) wd 1, `b`
+//! - fd 91 = inotify_init1(IN_NONBLOCK|IN_CLOEXEC): `t1` (IN_MODIFY) wd 1, `b`
 //!   (IN_MODIFY|IN_ATTRIB) wd 2, wd 1 removed, `link` itself (IN_ATTRIB|IN_DONT_FOLLOW) wd 3.
 //!   Live: 2, 3 (the first live wd is not 1).
 //!
@@ -15,16 +15,16 @@
 //! before ready. `inotify-pending` then chmods `b`, leaving an IN_ATTRIB event queued in both
 //! instances at the dump: rcr does not restore queued events (it warns), so the restored
 //! process must find both queues empty (only for a dump that kills: the original still has
-//! them). `inotify-unlinked` (a dump that must be refused) only has fd 10 watching
-//! DIR/inotify-w/gone (IN_ATTRIB), which stays open at fd 12 after its name is removed: the
+//! them). `inotify-unlinked` (a dump that must be refused) only has fd 90 watching
+//! DIR/inotify-w/gone (IN_ATTRIB), which stays open at fd 92 after its name is removed: the
 //! watched inode has no path.
 //!
-//! After go (`inotify`, `inotify-pending`): fds 10 and 11 have the same link, F_GETFL,
+//! After go (`inotify`, `inotify-pending`): fds 90 and 91 have the same link, F_GETFL,
 //! F_GETFD and /proc/self/fdinfo text (every watch: wd, inode, device, mask, file handle) as
 //! before, and empty queues; then `t1` is written (no event: its wds are gone), `dir/new`
-//! created and removed, `a` written, `b` chmodded, `c` opened and `link`'s times set: fd 10
+//! created and removed, `a` written, `b` chmodded, `c` opened and `link`'s times set: fd 90
 //! must read exactly (1 IN_CREATE new) (1 IN_DELETE new) (4 IN_MODIFY) (4 IN_CLOSE_WRITE)
-//! (5 IN_ATTRIB) (7 IN_OPEN), fd 11 exactly (2 IN_ATTRIB) (3 IN_ATTRIB). inotify_rm_watch of
+//! (5 IN_ATTRIB) (7 IN_OPEN), fd 91 exactly (2 IN_ATTRIB) (3 IN_ATTRIB). inotify_rm_watch of
 //! a removed wd fails with EINVAL; of each live wd succeeds (and an IN_IGNORED event follows
 //! for each); a new watch gets the wd after the highest dumped one (8 and 4).
 //! `inotify-unlinked` checks its fds and fdinfo are as before (the dump was refused).
@@ -34,9 +34,9 @@ use crate::sys::{self, Shown, errno};
 use crate::{Check, Ctx, fail};
 use std::ffi::CString;
 
-const A: i32 = 10;
-const B: i32 = 11;
-const GONE_FD: i32 = 12;
+const A: i32 = 90;
+const B: i32 = 91;
+const GONE_FD: i32 = 92;
 const PROMPT_MS: i32 = 5000;
 
 const A_LIVE: [i32; 4] = [1, 4, 5, 7];

@@ -776,3 +776,115 @@ impl crate::parts::Part for TtyJob {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// `PtyPair`, a part of `files-all`: a pty held by one process, master at fd 80 and slave at
+// fd 81 (O_NOCTTY: not its controlling terminal). The slave has ECHO off, VINTR ^G and a
+// 24x132 window; "out\n" was written on the slave (the master's queue holds "out\r\n") and
+// "in-line\n" on the master (the slave's queue holds that line). After go: the same pty
+// number, settings and window, both queues deliver, and the pair still talks.
+
+const PAIR_MASTER: i32 = 80;
+const PAIR_SLAVE: i32 = 81;
+
+pub struct PtyPair {
+    index: i32,
+}
+
+impl PtyPair {
+    pub fn new() -> Result<PtyPair, String> {
+        let fail = |what: &str| format!("pty pair: {what}: errno {}", errno());
+        // SAFETY: posix_openpt/grantpt/unlockpt/ptsname_r on the fd opened here.
+        let master = unsafe { libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY) };
+        if master < 0
+            || unsafe { libc::grantpt(master) } != 0
+            || unsafe { libc::unlockpt(master) } != 0
+        {
+            return Err(fail("posix_openpt"));
+        }
+        let index = ioctl_int(master, libc::TIOCGPTN).map_err(|_| fail("TIOCGPTN"))?;
+        let path = CString::new(format!("/dev/pts/{index}")).expect("no NUL");
+        // SAFETY: a NUL-terminated path.
+        let slave = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_NOCTTY) };
+        if slave < 0 {
+            return Err(fail("open the slave"));
+        }
+        crate::files::place(master, PAIR_MASTER, false)?;
+        crate::files::place(slave, PAIR_SLAVE, false)?;
+        let mut t = termios2(PAIR_SLAVE).map_err(|_| fail("TCGETS2"))?;
+        t.c_lflag &= !libc::ECHO;
+        t.c_cc[libc::VINTR] = VINTR_CHAR;
+        set_termios2(PAIR_SLAVE, &t).map_err(|_| fail("TCSETS2"))?;
+        let size = libc::winsize {
+            ws_row: 24,
+            ws_col: 132,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads one winsize.
+        if unsafe { libc::ioctl(PAIR_SLAVE, libc::TIOCSWINSZ, &size) } != 0 {
+            return Err(fail("TIOCSWINSZ"));
+        }
+        sys::write_all(PAIR_SLAVE, b"out\n").map_err(|_| fail("write the slave"))?;
+        sys::write_all(PAIR_MASTER, b"in-line\n").map_err(|_| fail("write the master"))?;
+        // Let the line discipline take both in before ready.
+        std::thread::sleep(Duration::from_millis(20));
+        Ok(PtyPair { index })
+    }
+}
+
+/// Reads `want` from `fd` within 2 s (it may come in pieces).
+fn expect_read(what: &str, fd: i32, want: &[u8], chk: &mut Check) {
+    let mut buf = [0u8; 64];
+    let mut got = 0;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while got < want.len() && Instant::now() < deadline {
+        if !readable_within(fd, 100).unwrap_or(false) {
+            continue;
+        }
+        match read_once(fd, &mut buf[got..want.len()]) {
+            Ok(n) => got += n,
+            Err(e) => {
+                fail!(chk, "{what}: read errno {e}");
+                return;
+            }
+        }
+    }
+    if &buf[..got] != want {
+        fail!(
+            chk,
+            "{what}: read `{}`, expected `{}`",
+            Shown(&buf[..got]),
+            Shown(want)
+        );
+    }
+}
+
+impl crate::parts::Part for PtyPair {
+    fn verify(&mut self, chk: &mut Check) {
+        match ioctl_int(PAIR_MASTER, libc::TIOCGPTN) {
+            Ok(n) if n == self.index => {}
+            got => fail!(chk, "pty pair: TIOCGPTN {got:?}, expected {}", self.index),
+        }
+        match termios2(PAIR_SLAVE) {
+            Ok(t) if t.c_lflag & libc::ECHO == 0 && t.c_cc[libc::VINTR] == VINTR_CHAR => {}
+            Ok(t) => fail!(
+                chk,
+                "pty pair: lflag {:#o} VINTR {:#x}, expected ECHO off and ^G",
+                t.c_lflag,
+                t.c_cc[libc::VINTR]
+            ),
+            Err(e) => fail!(chk, "pty pair: TCGETS2 errno {e}"),
+        }
+        match winsize(PAIR_SLAVE) {
+            Ok([24, 132, _, _]) => {}
+            got => fail!(chk, "pty pair: window {got:?}, expected 24x132"),
+        }
+        expect_read("pty pair master", PAIR_MASTER, b"out\r\n", chk);
+        expect_read("pty pair slave", PAIR_SLAVE, b"in-line\n", chk);
+        if sys::write_all(PAIR_MASTER, b"again\n").is_err() {
+            fail!(chk, "pty pair: write the master: errno {}", errno());
+        }
+        expect_read("pty pair slave", PAIR_SLAVE, b"again\n", chk);
+    }
+}
