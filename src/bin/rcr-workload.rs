@@ -25,9 +25,14 @@
 //!
 //! Open files (see files.rs, which lists every fd number and value): `pipes` and
 //! `sharedfd` (a root and one child, the protocol of procs.rs), `memfd` (one process, its
-//! own flow: its maps comparison allows a memfd mapping a new inode number), `eventfd`, and,
-//! for dumps that must be refused, `unsupported` (a unix socketpair), `unsupported-signalfd`,
-//! `unsupported-timerfd`, `unsupported-epoll`, `unsupported-fanotify`.
+//! own flow: its maps comparison allows a memfd mapping a new inode number), `eventfd`,
+//! `fifo`, `locks`, `unlinked`, `fdowner`, `files-all` (every single-process kind at once),
+//! `unsupported` (a unix socketpair), `unsupported-signalfd`, `unsupported-timerfd`,
+//! `unsupported-epoll` (all restored now; the names are historical), and for dumps that must
+//! be refused `unsupported-listen` (a TCP listener) and `unsupported-fanotify`.
+//!
+//! Unix sockets (see unix.rs): `unix` (listeners, accepted and waiting connections,
+//! datagrams, a peer gone) and `unix-outside` (connected to the test's listener).
 //!
 //! inotify (see inotify.rs): `inotify` (two instances, watches with gaps between their wds),
 //! `inotify-pending` (the same with events queued at the dump) and `inotify-unlinked` (a
@@ -37,8 +42,8 @@
 //! session having it as controlling terminal), `ttyshell` (a tiny shell on the terminal it
 //! was started on, whose job runs the single-process `ttyjob` part).
 //!
-//! At start the workload closes every fd above 2 it inherited, and calls setsid() so it is the leader of its own session and process
-//! group (set RCR_WORKLOAD_NO_SETSID=1 to keep the caller's session, e.g. for a shell job).
+//! At start the workload closes every fd above 2 it inherited, and calls setsid() so it is
+//! the leader of its own session and process group (set RCR_WORKLOAD_NO_SETSID=1 to keep the caller's session, e.g. for a shell job).
 
 // The modules live in src/bin/rcr-workload/ (a crate root file takes its modules from its
 // own directory, and files directly in src/bin/ would become binaries).
