@@ -230,6 +230,20 @@ fn epoll() {
     roundtrip("epoll", "unsupported-epoll", 1);
 }
 
+/// An epoll instance with three registrations (events and data), at two fds in each of two
+/// processes (dup, fork): registered once at restore, it reports the ready targets with
+/// their data in both processes, its state is one (what the child drains, the parent no
+/// longer sees), and its registrations can be deleted once.
+#[test]
+fn epoll_shared() {
+    roundtrip("epoll_shared", "epollshared", 2);
+}
+
+#[test]
+fn epoll_shared_leave_running() {
+    leave_running_then_restore("epoll_shared_leave_running", "epollshared", 2);
+}
+
 /// fanotify is not supported: refused, the instance and its mark untouched (inotify, the
 /// kind this test used before, is restored now: see below).
 #[test]

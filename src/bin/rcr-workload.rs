@@ -31,6 +31,9 @@
 //! `unsupported-epoll` (all restored now; the names are historical), and for dumps that must
 //! be refused `unsupported-listen` (a TCP listener) and `unsupported-fanotify`.
 //!
+//! `epollshared` (see epoll.rs): an epoll instance with registrations, shared by dup and
+//! fork (root and one child, the protocol of procs.rs).
+//!
 //! Unix sockets (see unix.rs): `unix` (listeners, accepted and waiting connections,
 //! datagrams, a peer gone) and `unix-outside` (connected to the test's listener).
 //!
@@ -49,6 +52,8 @@
 // own directory, and files directly in src/bin/ would become binaries).
 #[path = "rcr-workload/blocking.rs"]
 mod blocking;
+#[path = "rcr-workload/epoll.rs"]
+mod epoll;
 #[path = "rcr-workload/files.rs"]
 mod files;
 #[path = "rcr-workload/inotify.rs"]
@@ -375,6 +380,7 @@ fn multi_scenario(name: &str) -> Option<MultiRun> {
         "pipes" => |ctx, bufs, _| files::pipes(ctx, bufs),
         "sharedfd" => |ctx, bufs, _| files::sharedfd(ctx, bufs),
         "memfd" => |ctx, bufs, _| files::memfd(ctx, bufs),
+        "epollshared" => |ctx, bufs, _| epoll::epollshared(ctx, bufs),
         "ttys" => |ctx, bufs, _| tty::ttys(ctx, bufs),
         _ => return None,
     })

@@ -118,7 +118,7 @@ fn dump_frozen(
     for process in frozen.processes.iter().filter(|p| p.zombie.is_none()) {
         stats.pages_bytes += dump_process(process, images, &mut file_ids, &sessions)?;
     }
-    file_ids.check_peers()?;
+    file_ids.check_whole_tree()?;
     images.write(
         Kind::Inventory,
         None,

@@ -257,7 +257,7 @@ fn check_same_link(what: &str, a: i32, b: i32, same: bool, chk: &mut Check) {
 // The child protocol of the multi-process scenarios (as in procs.rs).
 
 /// Kills and reaps the forked children, prints FAIL, exits 1.
-fn abort_setup(forked: &[i32], what: &str) -> ! {
+pub(crate) fn abort_setup(forked: &[i32], what: &str) -> ! {
     for &pid in forked {
         // SAFETY: kill and reap a child this process forked.
         unsafe {
@@ -269,7 +269,7 @@ fn abort_setup(forked: &[i32], what: &str) -> ! {
 }
 
 /// Waits (30 s) for DIR/armed-NAME and checks it holds `pid`.
-fn wait_armed(ctx: &Ctx, name: &str, pid: i32) -> Result<(), String> {
+pub(crate) fn wait_armed(ctx: &Ctx, name: &str, pid: i32) -> Result<(), String> {
     let path = ctx.path(&format!("armed-{name}"));
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut buf = [0u8; 2200];
@@ -290,14 +290,14 @@ fn wait_armed(ctx: &Ctx, name: &str, pid: i32) -> Result<(), String> {
 }
 
 /// A child the root waits for after go: its result file, then its exit status 0.
-struct Child {
+pub(crate) struct Child {
     label: &'static str,
     pid: i32,
     result: CString,
 }
 
 impl Child {
-    fn new(ctx: &Ctx, label: &'static str, pid: i32) -> Child {
+    pub(crate) fn new(ctx: &Ctx, label: &'static str, pid: i32) -> Child {
         Child {
             label,
             pid,
@@ -307,7 +307,7 @@ impl Child {
 
     /// Waits (until `deadline`) for the result file, checks it says PASS, reaps the child
     /// (killing it if it does not exit in time).
-    fn collect(&self, deadline: Instant, chk: &mut Check) {
+    pub(crate) fn collect(&self, deadline: Instant, chk: &mut Check) {
         let (label, pid) = (self.label, self.pid);
         while !sys::exists(&self.result) && Instant::now() < deadline {
             sys::sleep_ms(10);

@@ -98,6 +98,10 @@ pub struct FileIds {
     warnings: Vec<String>,
     /// The ptys of the tree (scanned before the first process is dumped).
     ttys: tty::TreeTtys,
+    /// Epoll descriptions whose registrations an fd of the tree makes at restore, and those
+    /// still without one (with their first fd).
+    epolls_registered: HashSet<u64>,
+    epolls_unregistered: HashMap<u64, (i32, i32)>,
 }
 
 impl FileIds {
@@ -129,8 +133,14 @@ impl FileIds {
         tty::controlling(pid, stat, tree, &mut self.ttys)
     }
 
-    /// Every unix socket's peer is in the tree, or the user said what to do with it.
-    pub fn check_peers(&self) -> Result<()> {
+    /// Once the whole tree is seen: every unix socket's peer is in the tree (or the user said
+    /// what to do with it), every epoll has a process to make its registrations again.
+    pub fn check_whole_tree(&self) -> Result<()> {
+        if let Some((pid, fd)) = self.epolls_unregistered.values().min() {
+            bail!(
+                "pid {pid} fd {fd}: epoll registrations name fds that no process of the tree holds at those numbers (not supported)"
+            );
+        }
         self.unix.check_peers()
     }
 
@@ -242,7 +252,7 @@ pub fn collect(pid: i32, images: &ImageDir, ids: &mut FileIds) -> Result<Fds> {
         } else if link == "anon_inode:[timerfd]" {
             fd::File::Timerfd(timerfd::dump(&one)?)
         } else if link == "anon_inode:[eventpoll]" {
-            fd::File::Epoll(epoll::dump(&one)?)
+            fd::File::Epoll(epoll::dump(&one, ids, file_id)?)
         } else if link == "anon_inode:inotify" {
             fd::File::Inotify(inotify::dump(&one, ids)?)
         } else if link.starts_with("socket:[")

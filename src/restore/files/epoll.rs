@@ -14,14 +14,16 @@ pub(super) fn open(what: &str) -> Result<OwnedFd> {
 
 const EPOLL_CTL_ADD: u64 = 1;
 
-/// The process registers every epoll target itself (its fds are in place by then). An epoll
-/// description shared by several processes would be registered twice (EEXIST): not
-/// supported yet, and it fails visibly.
+/// The process registers the epoll targets itself (its fds are in place by then), for the
+/// epoll fds the dump chose (one per description: `registers`; images before 1.4: all).
 pub fn restore_epoll_targets(steps: &mut Steps, fds: &Fds) -> Result<()> {
     for entry in &fds.fds {
         let Some(fd::File::Epoll(epoll)) = &entry.file else {
             continue;
         };
+        if epoll.registers == Some(false) {
+            continue;
+        }
         for target in &epoll.targets {
             steps.room(1, 16)?;
             // struct epoll_event is packed on x86_64: u32 events, u64 data.
