@@ -450,3 +450,98 @@ fn unix_peer_outside_reconnected() {
     w.assert_pass();
     peer.join().expect("the test's side of the connection");
 }
+
+/// Kills the processes named in `pid_files` (if they still name the workload) when dropped:
+/// the chroot test's processes are not the harness's children.
+struct KillOnDrop(Vec<std::path::PathBuf>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for file in &self.0 {
+            let Some(pid) = fs::read_to_string(file)
+                .ok()
+                .and_then(|s| s.trim().parse::<i32>().ok())
+            else {
+                continue;
+            };
+            if pid > 1 && common::names_workload(pid) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
+
+/// A process whose root is a chroot comes back with the same root and cwd. In a mount
+/// namespace of its own (nothing changes on the host), the test binds the whole filesystem
+/// at DIR/jail, so that every path still resolves inside it, and starts the workload chrooted
+/// there with its cwd in DIR; rcr dumps it and restores it (--detach); /proc/PID/root and
+/// cwd name the jail and DIR/jail/DIR again, and the workload PASSes.
+#[test]
+fn chroot_root_and_cwd() {
+    let h = Harness::new("chroot_root_and_cwd");
+    let dir = h.path("");
+    let dir = dir.to_string_lossy().trim_end_matches('/').to_string();
+    let script = r#"
+        set -e
+        J="$DIR/jail"; W="$DIR/w"; mkdir -p "$J" "$W"
+        mount --rbind / "$J"
+        chroot "$J" sh -c 'cd "$1" && exec "$2" eventfd "$3"' sh "$DIR" "$WORKLOAD" "$W" \
+            </dev/null >"$W/stdout" 2>"$W/stderr" &
+        ORIG=$!
+        for i in $(seq 300); do [ -f "$W/ready" ] && break; sleep 0.1; done
+        cp "$W/ready" "$DIR/orig.pid"
+        "$RCR" dump -t "$ORIG" -D "$DIR/img"
+        wait "$ORIG" || true
+        "$RCR" restore -D "$DIR/img" --detach --pidfile "$DIR/restored.pid" --ignore-file-size
+        P=$(cat "$DIR/restored.pid")
+        readlink "/proc/$P/root" > "$DIR/root-after"
+        readlink "/proc/$P/cwd" > "$DIR/cwd-after"
+        touch "$W/go"
+        for i in $(seq 300); do [ -d "/proc/$P" ] && [ "$(cut -d' ' -f3 /proc/$P/stat)" != Z ] || break; sleep 0.1; done
+        cat "$W/stdout"
+    "#;
+    let _guard = KillOnDrop(vec![
+        format!("{dir}/orig.pid").into(),
+        format!("{dir}/restored.pid").into(),
+    ]);
+    let out = std::process::Command::new("timeout")
+        .args([
+            "120",
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+        ])
+        .env("DIR", &dir)
+        .env("RCR", common::RCR)
+        .env("WORKLOAD", common::WORKLOAD)
+        .output()
+        .expect("run unshare");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "script failed: {stdout}\n{stderr}");
+    assert_eq!(
+        fs::read_to_string(format!("{dir}/root-after"))
+            .unwrap()
+            .trim(),
+        format!("{dir}/jail"),
+        "the restored process' root"
+    );
+    assert_eq!(
+        fs::read_to_string(format!("{dir}/cwd-after"))
+            .unwrap()
+            .trim(),
+        format!("{dir}/jail{dir}"),
+        "the restored process' cwd"
+    );
+    assert!(
+        stdout.trim_end().ends_with("PASS"),
+        "workload output: {stdout}\n{stderr}"
+    );
+}

@@ -336,7 +336,7 @@ fn open_process_files(
     mapped_paths: &[(String, bool)],
     shared_objects: &BTreeMap<u64, OwnedFd>,
     opened: &mut files::OpenedFiles,
-) -> Result<(Vec<files::Move>, OwnedFd)> {
+) -> Result<(Vec<files::Move>, OwnedFd, Option<OwnedFd>)> {
     let what = format!("pid {pid}");
     let mut moves = opened.plan(pid, &live.fds)?;
     let mut hold = |opened: &mut files::OpenedFiles, fd: OwnedFd, dst: i32| -> Result<()> {
@@ -377,7 +377,15 @@ fn open_process_files(
         hold(opened, memfd, dst)?;
     }
     let cwd = open_ro(&live.fds.cwd, &what).with_context(|| format!("{what}: cwd"))?;
-    Ok((moves, files::hold_above(cwd, opened.floor())?))
+    // A root other than rcr's (a chroot): the process enters it before its cwd.
+    let root = match live.fds.root.as_str() {
+        "" | "/" => None,
+        path => {
+            let root = open_ro(path, &what).with_context(|| format!("{what}: root"))?;
+            Some(files::hold_above(root, opened.floor())?)
+        }
+    };
+    Ok((moves, files::hold_above(cwd, opened.floor())?, root))
 }
 
 fn is_memfd(kind: VmaKind) -> bool {
@@ -462,9 +470,10 @@ fn restore_tree(
             report_read: Some(report_read),
             report_write: Some(report_write),
             ctty: None,
+            root: None,
         };
         if let (Some(live), Some((services, mapped))) = (&process.images, &all_services[index]) {
-            let (moves, cwd) = open_process_files(
+            let (moves, cwd, root) = open_process_files(
                 live,
                 process.entry.pid,
                 services,
@@ -476,6 +485,7 @@ fn restore_tree(
             plan.keep.sort_unstable();
             plan.moves = moves;
             plan.cwd = Some(cwd);
+            plan.root = root;
             let leader = process.entry.sid == process.entry.pid;
             if let Some(ctty) = live.fds.ctty.as_ref().filter(|c| !c.external && leader) {
                 let Some(fd) = opened.tty_helper(ctty.index) else {

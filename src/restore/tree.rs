@@ -18,6 +18,8 @@ pub struct ChildPlan {
     pub entry: PsTreeEntry,
     pub moves: Vec<Move>,
     pub cwd: Option<OwnedFd>,
+    /// Its root directory when it is not rcr's (a chroot), entered before the cwd.
+    pub root: Option<OwnedFd>,
     /// Every fd the process keeps (its own and the restorer's), sorted.
     pub keep: Vec<i32>,
     /// Indexes of its children in the plan list, in creation order.
@@ -288,6 +290,10 @@ fn prepare(plans: &[ChildPlan], index: usize) -> std::result::Result<(), Failure
     }
     if entry.zombie {
         return Ok(());
+    }
+    if let Some(root) = &plan.root {
+        child::fchdir(root.as_raw_fd()).map_err(&fail)?;
+        child::chroot_here().map_err(&fail)?;
     }
     if let Some(cwd) = &plan.cwd {
         child::fchdir(cwd.as_raw_fd()).map_err(&fail)?;

@@ -45,6 +45,13 @@ pub fn fchdir(fd: i32) -> io::Result<()> {
     Ok(())
 }
 
+/// chroot(".") : the current directory becomes the root.
+pub fn chroot_here() -> io::Result<()> {
+    // SAFETY: a NUL-terminated static path.
+    check(unsafe { libc::chroot(c".".as_ptr()) } as libc::c_long)?;
+    Ok(())
+}
+
 pub fn set_pdeathsig(signal: i32) -> io::Result<()> {
     // SAFETY: prctl with integer arguments only.
     check(
