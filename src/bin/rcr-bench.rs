@@ -29,19 +29,27 @@ fn fill(buf: &mut [u8], seed: u64) {
 
 /// The workload: SIZE MiB of pseudo-random private memory, PROCS-1 idle child processes and
 /// THREADS-1 idle threads, then sleep until killed.
-/// `count` open fds of mixed kinds: a quarter each regular files, pipe ends (half pipes),
-/// eventfds and /dev/null.
-fn open_fds(count: usize) -> Result<Vec<std::os::fd::OwnedFd>> {
+/// `count` open fds of mixed kinds, an eighth each: regular files, pipe ends (half pipes),
+/// eventfds, /dev/null, unix socket pair ends, accepted unix connections (client and accepted
+/// end, from one listener bound in `dir`), timerfds and signalfds.
+fn open_fds(count: usize, dir: &Path) -> Result<Vec<std::os::fd::OwnedFd>> {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+    use std::os::unix::net::{UnixListener, UnixStream};
     if count == 0 {
         return Ok(Vec::new());
     }
     let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
     setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
     let me = std::env::current_exe()?;
-    let mut fds: Vec<std::os::fd::OwnedFd> = Vec::with_capacity(count);
+    let listen_path = dir.join("bench.sock");
+    let _ = fs::remove_file(&listen_path);
+    let listener = UnixListener::bind(&listen_path)?;
+    let mut fds: Vec<std::os::fd::OwnedFd> = vec![listener.into()];
+    let mut turn = 0usize;
     while fds.len() < count {
-        match fds.len() % 4 {
+        turn += 1;
+        match turn % 8 {
             0 => fds.push(fs::File::open(&me)?.into()),
             1 => {
                 let (read, write) = nix::unistd::pipe()?;
@@ -55,7 +63,29 @@ fn open_fds(count: usize) -> Result<Vec<std::os::fd::OwnedFd>> {
                 )?
                 .into(),
             ),
-            _ => fds.push(fs::File::open("/dev/null")?.into()),
+            3 => fds.push(fs::File::open("/dev/null")?.into()),
+            4 => {
+                let (a, b) = socketpair(
+                    AddressFamily::Unix,
+                    SockType::Stream,
+                    None,
+                    SockFlag::empty(),
+                )?;
+                fds.push(a);
+                fds.push(b);
+            }
+            5 => {
+                let client = UnixStream::connect(&listen_path)?;
+                let listener = fds[0].try_clone()?;
+                let (accepted, _) = UnixListener::from(listener).accept()?;
+                fds.push(client.into());
+                fds.push(accepted.into());
+            }
+            6 => fds.push(rcr::sys::fd::timerfd(libc::CLOCK_MONOTONIC, 0, 0, 0, 0)?),
+            _ => {
+                let mask = nix::sys::signal::SigSet::empty();
+                fds.push(nix::sys::signalfd::SignalFd::new(&mask)?.into());
+            }
         }
     }
     Ok(fds)
@@ -81,7 +111,7 @@ fn hold(mib: usize, ready: &Path, procs: usize, threads: usize, fds: usize) -> R
             }
         });
     }
-    let _fds = open_fds(fds)?;
+    let _fds = open_fds(fds, ready.parent().unwrap_or(Path::new("/tmp")))?;
     // Ready once every child is asleep (its own thread only, state S).
     let deadline = Instant::now() + Duration::from_secs(60);
     while rcr::dump::tree::children(std::process::id() as i32).len() + 1 < procs
