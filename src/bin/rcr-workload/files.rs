@@ -234,6 +234,26 @@ pub(crate) fn verify_snaps(what: &str, s: &[FdSnap], chk: &mut Check) {
     }
 }
 
+/// Fails unless /proc/self/fdinfo/FD (at `path`, read into `scratch`) reads `before`.
+pub(crate) fn compare_fdinfo(
+    fd: i32,
+    path: &std::ffi::CStr,
+    before: &[u8],
+    scratch: &mut [u8],
+    chk: &mut Check,
+) {
+    match sys::read_file_into(path, scratch) {
+        Ok(n) if scratch[..n] == *before => {}
+        Ok(n) => fail!(
+            chk,
+            "/proc/self/fdinfo/{fd} is `{}`, was `{}`",
+            Shown(&scratch[..n]),
+            Shown(before)
+        ),
+        Err(e) => fail!(chk, "reading /proc/self/fdinfo/{fd}: errno {e}"),
+    }
+}
+
 /// Fails if the links of fds `a` and `b` are equal (`same` false) or differ (`same` true).
 fn check_same_link(what: &str, a: i32, b: i32, same: bool, chk: &mut Check) {
     let (mut la, mut lb) = ([0u8; 512], [0u8; 512]);
@@ -1560,18 +1580,9 @@ impl crate::parts::Part for Unsupported {
         // a new inode: not compared).
         if self.kind != Kind::Timerfd && self.kind != Kind::Socket {
             for i in 0..self.n {
-                let fd = self.fds()[i];
                 let before = &self.info_before[i][..self.info_len[i]];
-                match sys::read_file_into(&self.info_paths[i], &mut self.info_after) {
-                    Ok(n) if self.info_after[..n] == *before => {}
-                    Ok(n) => fail!(
-                        chk,
-                        "/proc/self/fdinfo/{fd} is `{}`, was `{}`",
-                        Shown(&self.info_after[..n]),
-                        Shown(before)
-                    ),
-                    Err(e) => fail!(chk, "reading /proc/self/fdinfo/{fd}: errno {e}"),
-                }
+                let (fd, path) = (self.fds()[i], &self.info_paths[i]);
+                compare_fdinfo(fd, path, before, &mut self.info_after, chk);
             }
         }
         self.verify_kind(chk);

@@ -370,16 +370,13 @@ impl crate::parts::Part for Inotify {
             self.before[i].verify("inotify", chk);
             let fd = self.fds()[i];
             let before = &self.info_before[i][..self.info_len[i]];
-            match sys::read_file_into(&self.info_paths[i], &mut self.info_after) {
-                Ok(len) if self.info_after[..len] == *before => {}
-                Ok(len) => fail!(
-                    chk,
-                    "/proc/self/fdinfo/{fd} is `{}`, was `{}`",
-                    Shown(&self.info_after[..len]),
-                    Shown(before)
-                ),
-                Err(e) => fail!(chk, "reading /proc/self/fdinfo/{fd}: errno {e}"),
-            }
+            crate::files::compare_fdinfo(
+                fd,
+                &self.info_paths[i],
+                before,
+                &mut self.info_after,
+                chk,
+            );
             // Nothing happened to the watched files since ready; queued events (the
             // `inotify-pending` ones) are not restored.
             match fionread(fd) {

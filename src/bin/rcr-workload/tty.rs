@@ -26,6 +26,7 @@
 //!   (the same terminal), writes "job-output\n" on fd 1 and reads the line "typed-line\n"
 //!   from fd 0 (30 s bound). Its PASS/FAIL line goes to fd 1, the terminal.
 
+use crate::files::wait_armed;
 use crate::procs::{MapsBufs, Member, Own};
 use crate::sys::{self, Shown, errno};
 use crate::{Check, Ctx, fail};
@@ -194,27 +195,6 @@ impl Snap {
                 self.flags
             );
         }
-    }
-}
-
-/// Waits (bounded) for DIR/armed-NAME holding `pid`.
-fn wait_armed(ctx: &Ctx, name: &str, pid: i32) -> Result<(), String> {
-    let path = ctx.path(&format!("armed-{name}"));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut buf = [0u8; 2200];
-    loop {
-        if let Ok(n) = sys::read_file_into(&path, &mut buf) {
-            let text = String::from_utf8_lossy(&buf[..n]);
-            return match text.trim().parse::<i32>() {
-                Ok(p) if p == pid => Ok(()),
-                Ok(p) => Err(format!("{name}: armed pid {p}, forked {pid}")),
-                Err(_) => Err(format!("{name}: {}", text.trim())),
-            };
-        }
-        if Instant::now() > deadline {
-            return Err(format!("{name} not armed within 30 s"));
-        }
-        sys::sleep_ms(10);
     }
 }
 

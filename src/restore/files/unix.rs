@@ -127,6 +127,17 @@ fn new_socket(s: &UnixSocket) -> Result<OwnedFd> {
     .with_context(|| format!("socket:[{}]", s.inode))
 }
 
+/// A connected pair of sockets of `s`'s type.
+fn new_pair(s: &UnixSocket) -> Result<(OwnedFd, OwnedFd)> {
+    socketpair(
+        AddressFamily::Unix,
+        sock_type(s)?,
+        None,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+    )
+    .with_context(|| format!("socket:[{}]: socketpair", s.inode))
+}
+
 /// Binds to `name`. A path still there from the dumped process (a socket file no live socket
 /// holds) is removed first; an address a live socket holds is an error.
 fn bind_to(sock: &OwnedFd, name: &[u8], what: &str) -> Result<()> {
@@ -200,13 +211,7 @@ impl OpenedFiles {
         for s in sockets.values() {
             match roles[&s.inode] {
                 Role::Pair if !made.contains_key(&s.inode) => {
-                    let (mine, peer) = socketpair(
-                        AddressFamily::Unix,
-                        sock_type(s)?,
-                        None,
-                        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-                    )
-                    .with_context(|| what(s))?;
+                    let (mine, peer) = new_pair(s)?;
                     made.insert(s.inode, mine);
                     made.insert(s.peer, peer);
                 }
@@ -313,13 +318,7 @@ impl OpenedFiles {
                 }
                 Role::Reconnect => connect_to(&made[&s.inode], &s.peer_name, &what(s))?,
                 Role::PeerGone => {
-                    let (mine, gone) = socketpair(
-                        AddressFamily::Unix,
-                        sock_type(s)?,
-                        None,
-                        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-                    )
-                    .with_context(|| what(s))?;
+                    let (mine, gone) = new_pair(s)?;
                     refill(&gone, &s.queue, None, &what(s))?;
                     drop(gone);
                     made.insert(s.inode, mine);
