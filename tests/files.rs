@@ -359,6 +359,18 @@ fn unix_sockets_leave_running() {
     leave_running_then_restore("unix_sockets_leave_running", "unix", 1);
 }
 
+/// A file descriptor in flight (sent with SCM_RIGHTS, unread) is refused, naming pid, fd
+/// and what; the peek's copies of it are closed and the task receives it after all.
+#[test]
+fn unix_fds_in_flight_are_refused() {
+    refused(
+        "unix_fds_in_flight_are_refused",
+        "unix-fds-in-flight",
+        &[10],
+        &["file descriptors in flight"],
+    );
+}
+
 /// Accepts one connection on `listener` within 20 s.
 fn accept_within(listener: &std::os::unix::net::UnixListener) -> std::os::unix::net::UnixStream {
     listener

@@ -35,7 +35,8 @@
 //! fork (root and one child, the protocol of procs.rs).
 //!
 //! Unix sockets (see unix.rs): `unix` (listeners, accepted and waiting connections,
-//! datagrams, a peer gone) and `unix-outside` (connected to the test's listener).
+//! datagrams, a peer gone), `unix-outside` (connected to the test's listener) and
+//! `unix-fds-in-flight` (an fd sent with SCM_RIGHTS and unread: refused).
 //!
 //! inotify (see inotify.rs): `inotify` (two instances, watches with gaps between their wds),
 //! `inotify-pending` (the same with events queued at the dump) and `inotify-unlinked` (a
@@ -260,6 +261,10 @@ fn setup(scenario: &str, ctx: &Ctx) -> Result<Setup, String> {
         }
         "unix" => {
             parts.push(Box::new(unix::UnixSockets::new(ctx)?));
+            Wait::Poll
+        }
+        "unix-fds-in-flight" => {
+            parts.push(Box::new(unix::FdsInFlight::new()?));
             Wait::Poll
         }
         "unix-outside" => {

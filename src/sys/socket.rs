@@ -240,10 +240,28 @@ pub fn peek_queue(sock: &impl AsRawFd) -> io::Result<(Vec<Queued>, i32)> {
             }
             break;
         }
-        if msg.msg_controllen > 0 {
-            result = Err(io::Error::other(
-                "file descriptors or credentials in flight",
-            ));
+        // Credentials (SO_PASSCRED) are made again by the kernel for the refilled message
+        // (they then name rcr); file descriptors in flight are not supported: the peek
+        // installed copies in rcr, closed here.
+        let mut fds_in_flight = false;
+        // SAFETY: the CMSG macros walk the control buffer the kernel filled, within
+        // msg_controllen; an SCM_RIGHTS payload is an array of ints (fds rcr now owns).
+        unsafe {
+            let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+            while !cmsg.is_null() {
+                if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                    fds_in_flight = true;
+                    let payload = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                    let fds = libc::CMSG_DATA(cmsg).cast::<i32>();
+                    for i in 0..payload / 4 {
+                        libc::close(fds.add(i).read_unaligned());
+                    }
+                }
+                cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+            }
+        }
+        if fds_in_flight || msg.msg_flags & libc::MSG_CTRUNC != 0 {
+            result = Err(io::Error::other("file descriptors in flight"));
             break;
         }
         if n == 0 {
@@ -304,4 +322,140 @@ pub fn describe(sock: &impl AsRawFd) -> io::Result<String> {
     };
     let protocol = int_option(libc::SO_PROTOCOL).unwrap_or(0);
     Ok(format!("{family} {kind} socket (protocol {protocol})"))
+}
+
+/// The SOL_SOCKET options rcr keeps: (sndbuf, rcvbuf, passcred, passsec, rcvlowat,
+/// sndtimeo µs, rcvtimeo µs).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Options {
+    pub sndbuf: i32,
+    pub rcvbuf: i32,
+    pub passcred: bool,
+    pub passsec: bool,
+    pub rcvlowat: i32,
+    pub sndtimeo_us: u64,
+    pub rcvtimeo_us: u64,
+}
+
+fn get_int(sock: &impl AsRawFd, option: i32) -> io::Result<i32> {
+    let mut value: i32 = 0;
+    let mut len = 4 as libc::socklen_t;
+    // SAFETY: getsockopt writes an int into a live variable.
+    check(unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            option,
+            (&mut value as *mut i32).cast(),
+            &mut len,
+        )
+    } as libc::c_long)?;
+    Ok(value)
+}
+
+fn set_int(sock: &impl AsRawFd, option: i32, value: i32) -> io::Result<()> {
+    // SAFETY: setsockopt reads an int from a live variable.
+    check(unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            option,
+            (&value as *const i32).cast(),
+            4,
+        )
+    } as libc::c_long)?;
+    Ok(())
+}
+
+fn get_timeout_us(sock: &impl AsRawFd, option: i32) -> io::Result<u64> {
+    let mut tv = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 0,
+    };
+    let mut len = std::mem::size_of::<libc::timeval>() as libc::socklen_t;
+    // SAFETY: getsockopt writes a timeval into a live variable.
+    check(unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            option,
+            (&mut tv as *mut libc::timeval).cast(),
+            &mut len,
+        )
+    } as libc::c_long)?;
+    Ok(tv.tv_sec as u64 * 1_000_000 + tv.tv_usec as u64)
+}
+
+fn set_timeout_us(sock: &impl AsRawFd, option: i32, us: u64) -> io::Result<()> {
+    let tv = libc::timeval {
+        tv_sec: (us / 1_000_000) as libc::time_t,
+        tv_usec: (us % 1_000_000) as libc::suseconds_t,
+    };
+    // SAFETY: setsockopt reads a timeval from a live variable.
+    check(unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            option,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    } as libc::c_long)?;
+    Ok(())
+}
+
+pub fn options(sock: &impl AsRawFd) -> io::Result<Options> {
+    Ok(Options {
+        sndbuf: get_int(sock, libc::SO_SNDBUF)?,
+        rcvbuf: get_int(sock, libc::SO_RCVBUF)?,
+        passcred: get_int(sock, libc::SO_PASSCRED)? != 0,
+        passsec: get_int(sock, libc::SO_PASSSEC)? != 0,
+        rcvlowat: get_int(sock, libc::SO_RCVLOWAT)?,
+        sndtimeo_us: get_timeout_us(sock, libc::SO_SNDTIMEO)?,
+        rcvtimeo_us: get_timeout_us(sock, libc::SO_RCVTIMEO)?,
+    })
+}
+
+/// Sets the options that differ from the socket's own. Buffer sizes: the kernel keeps twice
+/// what it is given, so half is given, with the FORCE variant (past the sysctl maximum, which
+/// needs CAP_NET_ADMIN) when the plain one does not reach it.
+pub fn set_options(sock: &impl AsRawFd, want: &Options) -> io::Result<()> {
+    let now = options(sock)?;
+    for (value, current, plain, force) in [
+        (
+            want.sndbuf,
+            now.sndbuf,
+            libc::SO_SNDBUF,
+            libc::SO_SNDBUFFORCE,
+        ),
+        (
+            want.rcvbuf,
+            now.rcvbuf,
+            libc::SO_RCVBUF,
+            libc::SO_RCVBUFFORCE,
+        ),
+    ] {
+        if value > 0 && value != current {
+            set_int(sock, plain, value / 2)?;
+            if get_int(sock, plain)? != value {
+                set_int(sock, force, value / 2)?;
+            }
+        }
+    }
+    if want.passcred != now.passcred {
+        set_int(sock, libc::SO_PASSCRED, want.passcred as i32)?;
+    }
+    if want.passsec != now.passsec {
+        set_int(sock, libc::SO_PASSSEC, want.passsec as i32)?;
+    }
+    if want.rcvlowat > 0 && want.rcvlowat != now.rcvlowat {
+        set_int(sock, libc::SO_RCVLOWAT, want.rcvlowat)?;
+    }
+    if want.sndtimeo_us != now.sndtimeo_us {
+        set_timeout_us(sock, libc::SO_SNDTIMEO, want.sndtimeo_us)?;
+    }
+    if want.rcvtimeo_us != now.rcvtimeo_us {
+        set_timeout_us(sock, libc::SO_RCVTIMEO, want.rcvtimeo_us)?;
+    }
+    Ok(())
 }

@@ -13,6 +13,8 @@
 //!   "from-anon" to 68 and was closed. Both datagrams are unread.
 //! - fd 71: one end of a socket pair whose other end sent "bye" and was closed.
 //! - fd 72: stream listener bound to DIR/gone.sock, whose file was then removed.
+//! - Options: SO_SNDBUF 64 KiB on 61, SO_RCVBUF 50000 and SO_PASSCRED on 68, SO_RCVTIMEO
+//!   1.5 s on 66; after go getsockopt gives what it gave at ready.
 //!
 //! After go: links, flags and FD_CLOEXEC as before; addresses (getsockname/getpeername) as
 //! before; socket file modes; every queue delivers what it held, datagrams with their senders
@@ -270,8 +272,44 @@ fn expect_name(what: &str, fd: i32, peer: bool, want: &Addr, chk: &mut Check) {
     }
 }
 
+/// The socket options the scenario sets: (fd, option), and their values at ready.
+const OPTIONS: [(i32, i32); 4] = [
+    (CLIENT, libc::SO_SNDBUF),
+    (DGRAM_SERVER, libc::SO_RCVBUF),
+    (DGRAM_SERVER, libc::SO_PASSCRED),
+    (SP_CLIENT, libc::SO_RCVTIMEO),
+];
+
+/// An option's value as getsockopt gives it (a timeval's microseconds for the timeouts).
+fn option_value(fd: i32, opt: i32) -> i64 {
+    if opt == libc::SO_RCVTIMEO || opt == libc::SO_SNDTIMEO {
+        let mut tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 0,
+        };
+        let mut len = std::mem::size_of::<libc::timeval>() as libc::socklen_t;
+        // SAFETY: getsockopt writes a timeval.
+        let r = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                (&mut tv as *mut libc::timeval).cast(),
+                &mut len,
+            )
+        };
+        return if r == 0 {
+            tv.tv_sec * 1_000_000 + tv.tv_usec
+        } else {
+            -1
+        };
+    }
+    i64::from(sockopt(fd, opt))
+}
+
 pub struct UnixSockets {
     before: [FdSnap; 12],
+    options: [i64; 4],
     listen_addr: Addr,
     c3_addr: Addr,
     sp_addr: Addr,
@@ -291,8 +329,9 @@ impl UnixSockets {
         let path_of = |name: &str| ctx.path(name).into_bytes();
         let listen_path = ctx.path("listen.sock");
         let gone_path = ctx.path("gone.sock");
-        let me = UnixSockets {
+        let mut me = UnixSockets {
             before: [FdSnap::EMPTY; 12],
+            options: [0; 4],
             listen_addr: Addr::new(&path_of("listen.sock")),
             c3_addr: Addr::new(format!("@rcr-c3-{}", ctx.pid).as_bytes()),
             sp_addr: Addr::new(format!("@rcr-sp-{}", ctx.pid).as_bytes()),
@@ -382,6 +421,42 @@ impl UnixSockets {
         send(pair[1], b"bye").map_err(fail_errno("send bye"))?;
         sys::close(pair[1]);
 
+        // Options: a send buffer, a receive buffer, SO_PASSCRED, a receive timeout.
+        let set = |fd: i32, opt: i32, value: &[u8]| -> Result<(), String> {
+            // SAFETY: setsockopt reads value.len() bytes.
+            let r = unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    opt,
+                    value.as_ptr().cast(),
+                    value.len() as u32,
+                )
+            };
+            if r != 0 {
+                return Err(format!("setsockopt({fd}, {opt}): errno {}", errno()));
+            }
+            Ok(())
+        };
+        set(CLIENT, libc::SO_SNDBUF, &65536i32.to_ne_bytes())?;
+        set(DGRAM_SERVER, libc::SO_RCVBUF, &50000i32.to_ne_bytes())?;
+        set(DGRAM_SERVER, libc::SO_PASSCRED, &1i32.to_ne_bytes())?;
+        let timeout = libc::timeval {
+            tv_sec: 1,
+            tv_usec: 500_000,
+        };
+        // SAFETY: a timeval is plain data; its bytes are read by setsockopt.
+        let timeout_bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&timeout as *const libc::timeval).cast::<u8>(),
+                std::mem::size_of::<libc::timeval>(),
+            )
+        };
+        set(SP_CLIENT, libc::SO_RCVTIMEO, timeout_bytes)?;
+        for (slot, (fd, opt)) in me.options.iter_mut().zip(OPTIONS) {
+            *slot = option_value(fd, opt);
+        }
+
         let g = new_socket(libc::SOCK_STREAM)?;
         bind(g, &me.gone_addr)?;
         listen(g, 1)?;
@@ -401,6 +476,12 @@ impl crate::parts::Part for UnixSockets {
 
     fn verify(&mut self, chk: &mut Check) {
         verify_snaps("unix", &self.before, chk);
+        for ((fd, opt), want) in OPTIONS.into_iter().zip(self.options) {
+            let got = option_value(fd, opt);
+            if got != want {
+                fail!(chk, "fd {fd}: socket option {opt} is {got}, was {want}");
+            }
+        }
         let unnamed = Addr::UNNAMED;
         // The path listener, its accepted connection and the socket file.
         expect_name("listener", LISTENER, false, &self.listen_addr, chk);
@@ -589,5 +670,110 @@ impl crate::parts::Part for Outside {
             }
             other => fail!(chk, "DIR/mode says `{}`", Shown(other)),
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// `unix-fds-in-flight` (for a dump that must be refused): a socket pair at fds 10 and 11; 11
+// sent "fd" with a copy of fd 0 (SCM_RIGHTS), unread. After go, 10 receives the message and
+// the fd, which names what fd 0 names.
+
+const IN_FLIGHT_A: i32 = 10;
+const IN_FLIGHT_B: i32 = 11;
+
+pub struct FdsInFlight {
+    before: [FdSnap; 2],
+}
+
+impl FdsInFlight {
+    pub fn new() -> Result<FdsInFlight, String> {
+        let mut pair = [0i32; 2];
+        // SAFETY: socketpair writes two fds.
+        if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, pair.as_mut_ptr()) } != 0
+        {
+            return Err(format!("socketpair: errno {}", errno()));
+        }
+        place(pair[0], IN_FLIGHT_A, false)?;
+        place(pair[1], IN_FLIGHT_B, false)?;
+        let mut data = *b"fd";
+        let mut iov = libc::iovec {
+            iov_base: data.as_mut_ptr().cast(),
+            iov_len: data.len(),
+        };
+        // SAFETY: CMSG_SPACE of one int; the buffer is u64-aligned and large enough.
+        let space = unsafe { libc::CMSG_SPACE(4) } as usize;
+        let mut control = [0u64; 4];
+        // SAFETY: msghdr is plain data.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space;
+        // SAFETY: one SCM_RIGHTS header with one int, inside `control`; sendmsg reads msg.
+        let sent = unsafe {
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(4) as usize;
+            libc::CMSG_DATA(cmsg).cast::<i32>().write_unaligned(0);
+            libc::sendmsg(IN_FLIGHT_B, &msg, 0)
+        };
+        if sent != 2 {
+            return Err(format!("sendmsg with SCM_RIGHTS: errno {}", errno()));
+        }
+        Ok(FdsInFlight {
+            before: [FdSnap::EMPTY; 2],
+        })
+    }
+}
+
+impl crate::parts::Part for FdsInFlight {
+    fn before_ready(&mut self) {
+        self.before = snaps([IN_FLIGHT_A, IN_FLIGHT_B]);
+    }
+
+    fn verify(&mut self, chk: &mut Check) {
+        verify_snaps("unix-fds-in-flight", &self.before, chk);
+        let mut data = [0u8; 8];
+        let mut iov = libc::iovec {
+            iov_base: data.as_mut_ptr().cast(),
+            iov_len: data.len(),
+        };
+        let mut control = [0u64; 8];
+        // SAFETY: msghdr is plain data.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&control);
+        // SAFETY: recvmsg writes into the buffers msg describes.
+        let n = unsafe { libc::recvmsg(IN_FLIGHT_A, &mut msg, libc::MSG_DONTWAIT) };
+        if n != 2 || &data[..2] != b"fd" {
+            fail!(
+                chk,
+                "fd {IN_FLIGHT_A}: recvmsg gave {n} (errno {})",
+                errno()
+            );
+            return;
+        }
+        // SAFETY: the first control header, if any, lies within `control`.
+        let received = unsafe {
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            if cmsg.is_null() || (*cmsg).cmsg_type != libc::SCM_RIGHTS {
+                -1
+            } else {
+                libc::CMSG_DATA(cmsg).cast::<i32>().read_unaligned()
+            }
+        };
+        if received < 0 {
+            fail!(chk, "fd {IN_FLIGHT_A}: no fd came with the message");
+            return;
+        }
+        let mut a = [0u8; 512];
+        let mut b = [0u8; 512];
+        if sys::fd_link(received, &mut a) != sys::fd_link(0, &mut b) {
+            fail!(chk, "the fd in flight does not name what fd 0 names");
+        }
+        sys::close(received);
     }
 }

@@ -11,7 +11,7 @@ use std::os::unix::fs::MetadataExt;
 use anyhow::{Context, Result, bail};
 
 use super::{FileIds, OneFd};
-use crate::image::proto::{ExternalUnix, UnixSocket};
+use crate::image::proto::{ExternalUnix, SocketOptions, UnixSocket};
 use crate::sys::socket::UnixInfo;
 
 pub const TCP_ESTABLISHED: u32 = 1;
@@ -227,6 +227,22 @@ pub(super) fn dump(one: &OneFd, ids: &mut FileIds) -> Result<Option<UnixSocket>>
         None if first => bail!("{}: no description copy", what()),
         _ => (Vec::new(), -1),
     };
+    let options = match one.copy {
+        Some(copy) if first => {
+            let o = crate::sys::socket::options(copy)
+                .with_context(|| format!("{}: socket options", what()))?;
+            Some(SocketOptions {
+                sndbuf: o.sndbuf,
+                rcvbuf: o.rcvbuf,
+                passcred: o.passcred,
+                passsec: o.passsec,
+                rcvlowat: o.rcvlowat,
+                sndtimeo_us: o.sndtimeo_us,
+                rcvtimeo_us: o.rcvtimeo_us,
+            })
+        }
+        _ => None,
+    };
     if first {
         ids.unix.of_tree.push((pid, fd, inode as u32));
         ids.unix.inodes.insert(inode as u32);
@@ -258,6 +274,7 @@ pub(super) fn dump(one: &OneFd, ids: &mut FileIds) -> Result<Option<UnixSocket>>
         path_gid,
         path_removed,
         peek_offset: (peek_offset >= 0).then_some(peek_offset),
+        options,
     }))
 }
 

@@ -127,6 +127,24 @@ fn new_socket(s: &UnixSocket) -> Result<OwnedFd> {
     .with_context(|| format!("socket:[{}]", s.inode))
 }
 
+/// SOL_SOCKET options as dumped (images before 1.4 have none).
+fn apply_options(sock: &OwnedFd, s: &UnixSocket) -> Result<()> {
+    let Some(o) = &s.options else {
+        return Ok(());
+    };
+    let want = crate::sys::socket::Options {
+        sndbuf: o.sndbuf,
+        rcvbuf: o.rcvbuf,
+        passcred: o.passcred,
+        passsec: o.passsec,
+        rcvlowat: o.rcvlowat,
+        sndtimeo_us: o.sndtimeo_us,
+        rcvtimeo_us: o.rcvtimeo_us,
+    };
+    crate::sys::socket::set_options(sock, &want)
+        .with_context(|| format!("socket:[{}]: socket options", s.inode))
+}
+
 /// A connected pair of sockets of `s`'s type.
 fn new_pair(s: &UnixSocket) -> Result<(OwnedFd, OwnedFd)> {
     socketpair(
@@ -276,6 +294,13 @@ impl OpenedFiles {
             made.insert(s.inode, sock);
         }
 
+        // Socket options, before the queues (buffer sizes bound what they take).
+        for s in sockets.values() {
+            if let Some(sock) = made.get(&s.inode) {
+                apply_options(sock, s)?;
+            }
+        }
+
         // Queues, each refilled by whoever had sent it: datagrams before any datagram socket
         // connects (a connected socket takes datagrams from its peer only).
         let mut anonymous_sender: Option<OwnedFd> = None;
@@ -319,6 +344,7 @@ impl OpenedFiles {
                 Role::Reconnect => connect_to(&made[&s.inode], &s.peer_name, &what(s))?,
                 Role::PeerGone => {
                     let (mine, gone) = new_pair(s)?;
+                    apply_options(&mine, s)?;
                     refill(&gone, &s.queue, None, &what(s))?;
                     drop(gone);
                     made.insert(s.inode, mine);
