@@ -352,6 +352,13 @@ fn unix_sockets() {
     roundtrip("unix_sockets", "unix", 1);
 }
 
+/// A listener in the root, a client in its child with an accepted connection (data queued
+/// both ways) and a connection still waiting: across processes, as within one.
+#[test]
+fn unix_sockets_between_processes() {
+    roundtrip("unix_sockets_between_processes", "unixtree", 2);
+}
+
 /// The same with --leave-running: peeking the queues consumed nothing, the original goes on
 /// (its socket files stay behind when it exits), then the image is restored over them.
 #[test]

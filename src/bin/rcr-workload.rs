@@ -36,7 +36,8 @@
 //!
 //! Unix sockets (see unix.rs): `unix` (listeners, accepted and waiting connections,
 //! datagrams, a peer gone), `unix-outside` (connected to the test's listener) and
-//! `unix-fds-in-flight` (an fd sent with SCM_RIGHTS and unread: refused).
+//! `unix-fds-in-flight` (an fd sent with SCM_RIGHTS and unread: refused); `unixtree` (a
+//! connection and a waiting connection between two processes, the protocol of procs.rs).
 //!
 //! inotify (see inotify.rs): `inotify` (two instances, watches with gaps between their wds),
 //! `inotify-pending` (the same with events queued at the dump) and `inotify-unlinked` (a
@@ -386,6 +387,7 @@ fn multi_scenario(name: &str) -> Option<MultiRun> {
         "sharedfd" => |ctx, bufs, _| files::sharedfd(ctx, bufs),
         "memfd" => |ctx, bufs, _| files::memfd(ctx, bufs),
         "epollshared" => |ctx, bufs, _| epoll::epollshared(ctx, bufs),
+        "unixtree" => |ctx, bufs, _| unix::unixtree(ctx, bufs),
         "ttys" => |ctx, bufs, _| tty::ttys(ctx, bufs),
         _ => return None,
     })

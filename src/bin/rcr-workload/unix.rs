@@ -777,3 +777,110 @@ impl crate::parts::Part for FdsInFlight {
         sys::close(received);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// `unixtree`: a connection between two processes. Root P: stream listener at DIR/tree.sock
+// (fd 60). Child C (armed `C`): client fd 61 connected and accepted by P (fd 63 in P), with
+// "from-child" sent by C and "from-parent" sent by P, both unread; client fd 62 connected but
+// not accepted. After go: C reads "from-parent", sees its peer's address, sends "second" on
+// 62 and reports; then P reads "from-child" on 63, accepts 62's connection and reads
+// "second" from it.
+
+const TREE_LISTENER: i32 = 60;
+const TREE_CLIENT: i32 = 61;
+const TREE_WAITING: i32 = 62;
+const TREE_ACCEPTED: i32 = 63;
+
+pub fn unixtree(ctx: &Ctx, bufs: &mut crate::procs::MapsBufs) -> ! {
+    use crate::files::{Child, abort_setup, wait_armed};
+    let bound = sys::wait_bound();
+    let addr = Addr::new(&ctx.path("tree.sock").into_bytes());
+    let setup = || -> Result<(), String> {
+        let l = new_socket(libc::SOCK_STREAM)?;
+        bind(l, &addr)?;
+        listen(l, 4)?;
+        place(l, TREE_LISTENER, false)
+    };
+    if let Err(e) = setup() {
+        crate::die(format_args!("unixtree: {e}"));
+    }
+    let c = match sys::fork() {
+        Ok(0) => unixtree_child(ctx, bufs, &addr),
+        Ok(pid) => pid,
+        Err(e) => crate::die(format_args!("unixtree: fork: errno {e}")),
+    };
+    if let Err(e) = wait_armed(ctx, "C", c) {
+        abort_setup(&[c], &e);
+    }
+    let accepted = || -> Result<(), String> {
+        let a = accept(TREE_LISTENER).map_err(fail_errno("accept"))?;
+        place(a, TREE_ACCEPTED, false)?;
+        send(TREE_ACCEPTED, b"from-parent").map_err(fail_errno("send from-parent"))
+    };
+    if let Err(e) = accepted() {
+        abort_setup(&[c], &e);
+    }
+    let child = Child::new(ctx, "C", c);
+    let before = snaps([TREE_LISTENER, TREE_ACCEPTED]);
+    let own = match crate::procs::Own::record_root(bufs) {
+        Ok(o) => o,
+        Err(e) => abort_setup(&[c], &e),
+    };
+    if let Err(e) = crate::write_ready(ctx, sys::getpid()) {
+        abort_setup(&[c], &format!("writing ready: errno {e}"));
+    }
+
+    sys::wait_for(&ctx.go);
+
+    let mut chk = Check::new();
+    own.verify(bufs, &mut chk);
+    verify_snaps("unixtree", &before, &mut chk);
+    child.collect(std::time::Instant::now() + bound, &mut chk);
+    expect_message("unixtree accepted", TREE_ACCEPTED, b"from-child", &mut chk);
+    match accept(TREE_LISTENER) {
+        Ok(conn) => {
+            expect_message("unixtree second connection", conn, b"second", &mut chk);
+            sys::close(conn);
+        }
+        Err(e) => fail!(chk, "unixtree: accept the waiting connection: errno {e}"),
+    }
+    chk.finish()
+}
+
+fn unixtree_child(ctx: &Ctx, bufs: &mut crate::procs::MapsBufs, addr: &Addr) -> ! {
+    let me = crate::procs::Member::new(ctx, "C");
+    let setup = || -> Result<(), String> {
+        let c = new_socket(libc::SOCK_STREAM)?;
+        connect(c, addr).map_err(fail_errno("connect 61"))?;
+        place(c, TREE_CLIENT, false)?;
+        send(TREE_CLIENT, b"from-child").map_err(fail_errno("send from-child"))?;
+        let w = new_socket(libc::SOCK_STREAM)?;
+        connect(w, addr).map_err(fail_errno("connect 62"))?;
+        place(w, TREE_WAITING, false)
+    };
+    if let Err(e) = setup() {
+        me.setup_failed(&e);
+    }
+    let before = snaps([TREE_CLIENT, TREE_WAITING]);
+    let own = match crate::procs::Own::record(bufs) {
+        Ok(o) => o,
+        Err(e) => me.setup_failed(&e),
+    };
+    me.arm();
+    sys::wait_for_every(&ctx.go, 20);
+    let mut chk = Check::new();
+    own.verify(bufs, &mut chk);
+    verify_snaps("unixtree (C)", &before, &mut chk);
+    // P accepted 61's connection after C armed: wait for its data.
+    expect_message("unixtree client", TREE_CLIENT, b"from-parent", &mut chk);
+    expect_name("unixtree client", TREE_CLIENT, true, addr, &mut chk);
+    expect_name("unixtree waiting", TREE_WAITING, true, addr, &mut chk);
+    if send(TREE_WAITING, b"second").is_err() {
+        fail!(
+            chk,
+            "unixtree: send on fd {TREE_WAITING}: errno {}",
+            errno()
+        );
+    }
+    me.report(&chk)
+}
