@@ -182,7 +182,9 @@ fn unix_socketpair() {
 
 /// One process holding eventfds, an unlinked file, a FIFO with data, three kinds of file
 /// locks, an fd owner and signal, every kind of unix socket of the `unix` scenario, two
-/// inotify instances, a pty pair with data in flight both ways and regular files at once.
+/// inotify instances, a pty pair with data in flight both ways, an anonymous pipe with data,
+/// a signalfd, an armed timerfd, an epoll with registrations, a memfd, /dev/zero, a
+/// directory and regular files at once.
 #[test]
 fn all_file_kinds_at_once() {
     roundtrip("all_file_kinds_at_once", "files-all", 1);

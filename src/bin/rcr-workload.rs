@@ -257,6 +257,7 @@ fn setup(scenario: &str, ctx: &Ctx) -> Result<Setup, String> {
             parts.push(Box::new(unix::UnixSockets::new(ctx)?));
             parts.push(Box::new(inotify::Inotify::new(inotify::Mode::Plain, ctx)?));
             parts.push(Box::new(tty::PtyPair::new()?));
+            parts.push(Box::new(files::MoreKinds::new(ctx)?));
             parts.push(Box::new(parts::Stdio::new(ctx)?));
             Wait::Poll
         }

@@ -1931,3 +1931,201 @@ impl crate::parts::Part for FdOwner {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// `MoreKinds`, a part of `files-all` (the kinds the other parts hold at fds of their own):
+// fd 100/101 an anonymous pipe holding "pipe-data"; fd 102 a signalfd for SIGUSR1|SIGUSR2;
+// fd 103 a timerfd armed at 3600 s with interval 3600 s; fd 104 an epoll registered on fd 100
+// (EPOLLIN, data 0x100) and fd 101 (EPOLLOUT, data 0x101); fd 105 a memfd "files-all" holding
+// "memfd-content"; fd 106 /dev/zero; fd 107 the directory DIR. After go: each is as before
+// (FdSnap), the pipe delivers, the signalfd's mask and the timer are as set, the epoll
+// reports both pipe ends with their data, the memfd holds its content under its name,
+// /dev/zero reads zeros, fd 107 is DIR.
+
+const MORE_PIPE_R: i32 = 100;
+const MORE_PIPE_W: i32 = 101;
+const MORE_SIGNALFD: i32 = 102;
+const MORE_TIMERFD: i32 = 103;
+const MORE_EPOLL: i32 = 104;
+const MORE_MEMFD: i32 = 105;
+const MORE_ZERO: i32 = 106;
+const MORE_DIR: i32 = 107;
+const MORE_ALL: [i32; 8] = [
+    MORE_PIPE_R,
+    MORE_PIPE_W,
+    MORE_SIGNALFD,
+    MORE_TIMERFD,
+    MORE_EPOLL,
+    MORE_MEMFD,
+    MORE_ZERO,
+    MORE_DIR,
+];
+
+pub struct MoreKinds {
+    before: [FdSnap; 8],
+    sigmask_before: [u8; 512],
+    sigmask_len: usize,
+    fdinfo_path: CString,
+    scratch: Vec<u8>,
+}
+
+/// The "sigmask:" line of an fdinfo text.
+fn sigmask_line(text: &[u8]) -> &[u8] {
+    text.split(|&b| b == b'\n')
+        .find(|l| l.starts_with(b"sigmask:"))
+        .unwrap_or(&[])
+}
+
+impl MoreKinds {
+    pub fn new(ctx: &Ctx) -> Result<MoreKinds, String> {
+        let fail = |what: &str| format!("more kinds: {what}: errno {}", errno());
+        make_pipe(MORE_PIPE_R, MORE_PIPE_W)?;
+        sys::write_all(MORE_PIPE_W, b"pipe-data").map_err(|_| fail("write the pipe"))?;
+        // SAFETY: sigset_t is plain data, filled by sigemptyset/sigaddset; the calls below
+        // create fds this part owns from valid arguments.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGUSR1);
+            libc::sigaddset(&mut set, libc::SIGUSR2);
+            let sfd = libc::signalfd(-1, &set, libc::SFD_NONBLOCK);
+            if sfd < 0 {
+                return Err(fail("signalfd"));
+            }
+            place(sfd, MORE_SIGNALFD, false)?;
+            let tfd = libc::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_NONBLOCK);
+            if tfd < 0 {
+                return Err(fail("timerfd_create"));
+            }
+            place(tfd, MORE_TIMERFD, false)?;
+            let hour = libc::timespec {
+                tv_sec: TIMER_SECS,
+                tv_nsec: 0,
+            };
+            let spec = libc::itimerspec {
+                it_interval: hour,
+                it_value: hour,
+            };
+            if libc::timerfd_settime(MORE_TIMERFD, 0, &spec, std::ptr::null_mut()) != 0 {
+                return Err(fail("timerfd_settime"));
+            }
+            let ep = libc::epoll_create1(libc::EPOLL_CLOEXEC);
+            if ep < 0 {
+                return Err(fail("epoll_create1"));
+            }
+            place(ep, MORE_EPOLL, true)?;
+            for (fd, events, data) in [
+                (MORE_PIPE_R, libc::EPOLLIN, 0x100u64),
+                (MORE_PIPE_W, libc::EPOLLOUT, 0x101),
+            ] {
+                let mut ev = libc::epoll_event {
+                    events: events as u32,
+                    u64: data,
+                };
+                if libc::epoll_ctl(MORE_EPOLL, libc::EPOLL_CTL_ADD, fd, &mut ev) != 0 {
+                    return Err(fail("epoll_ctl"));
+                }
+            }
+            let mfd = libc::memfd_create(c"files-all".as_ptr(), 0);
+            if mfd < 0 {
+                return Err(fail("memfd_create"));
+            }
+            place(mfd, MORE_MEMFD, false)?;
+            let zero = libc::open(c"/dev/zero".as_ptr(), libc::O_RDONLY);
+            if zero < 0 {
+                return Err(fail("open /dev/zero"));
+            }
+            place(zero, MORE_ZERO, false)?;
+            let dir = ctx.path(".");
+            let d = libc::open(dir.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY);
+            if d < 0 {
+                return Err(fail("open DIR"));
+            }
+            place(d, MORE_DIR, false)?;
+        }
+        sys::write_all(MORE_MEMFD, b"memfd-content").map_err(|_| fail("write the memfd"))?;
+        Ok(MoreKinds {
+            before: [FdSnap::EMPTY; 8],
+            sigmask_before: [0; 512],
+            sigmask_len: 0,
+            fdinfo_path: CString::new(format!("/proc/self/fdinfo/{MORE_SIGNALFD}"))
+                .expect("no NUL"),
+            scratch: vec![0u8; 4096],
+        })
+    }
+}
+
+impl crate::parts::Part for MoreKinds {
+    fn before_ready(&mut self) {
+        self.before = snaps(MORE_ALL);
+        let n = sys::read_file_into(&self.fdinfo_path, &mut self.scratch).unwrap_or(0);
+        let line = sigmask_line(&self.scratch[..n]);
+        self.sigmask_len = line.len().min(512);
+        self.sigmask_before[..self.sigmask_len].copy_from_slice(&line[..self.sigmask_len]);
+    }
+
+    fn verify(&mut self, chk: &mut Check) {
+        verify_snaps("more kinds", &self.before, chk);
+        let mut buf = [0u8; 32];
+        match read_once(MORE_PIPE_R, &mut buf) {
+            Ok(9) if &buf[..9] == b"pipe-data" => {}
+            got => fail!(chk, "more kinds: pipe read {got:?}"),
+        }
+        let n = sys::read_file_into(&self.fdinfo_path, &mut self.scratch).unwrap_or(0);
+        let now = sigmask_line(&self.scratch[..n]);
+        if now.is_empty() || now != &self.sigmask_before[..self.sigmask_len] {
+            fail!(
+                chk,
+                "more kinds: signalfd `{}`, was `{}`",
+                Shown(now),
+                Shown(&self.sigmask_before[..self.sigmask_len])
+            );
+        }
+        // SAFETY: timerfd_gettime fills a local itimerspec.
+        let mut cur: libc::itimerspec = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let r = unsafe { libc::timerfd_gettime(MORE_TIMERFD, &mut cur) };
+        if r != 0 || cur.it_interval.tv_sec != TIMER_SECS || cur.it_value.tv_sec == 0 {
+            fail!(
+                chk,
+                "more kinds: timerfd value {} s interval {} s",
+                cur.it_value.tv_sec,
+                cur.it_interval.tv_sec
+            );
+        }
+        // The pipe is empty now: only the write end is ready.
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 4];
+        // SAFETY: room for 4 events.
+        let n = unsafe { libc::epoll_wait(MORE_EPOLL, events.as_mut_ptr(), 4, 0) };
+        if n != 1 || events[0].u64 != 0x101 || events[0].events != libc::EPOLLOUT as u32 {
+            fail!(
+                chk,
+                "more kinds: epoll_wait gave {n} events, expected fd 101's EPOLLOUT"
+            );
+        }
+        if sys::write_all(MORE_PIPE_W, b"x").is_err() {
+            fail!(chk, "more kinds: write the pipe: errno {}", errno());
+        }
+        // SAFETY: room for 4 events.
+        let n = unsafe { libc::epoll_wait(MORE_EPOLL, events.as_mut_ptr(), 4, 0) };
+        if n != 2 {
+            fail!(
+                chk,
+                "more kinds: epoll_wait after a write gave {n} events, expected 2"
+            );
+        }
+        // SAFETY: pread into a local buffer.
+        let n = unsafe { libc::pread(MORE_MEMFD, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n != 13 || &buf[..13] != b"memfd-content" {
+            fail!(
+                chk,
+                "more kinds: memfd holds {n} bytes `{}`",
+                Shown(&buf[..n.max(0) as usize])
+            );
+        }
+        match read_once(MORE_ZERO, &mut buf) {
+            Ok(32) if buf.iter().all(|&b| b == 0) => {}
+            got => fail!(chk, "more kinds: /dev/zero read {got:?}"),
+        }
+    }
+}
