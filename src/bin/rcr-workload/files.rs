@@ -2,7 +2,7 @@
 //!
 //! Every fd a scenario checks is placed at a fixed number (see the constants), so a restore
 //! that moves an fd shows. Each process records, right before it is armed (or, for the root,
-//! before ready), the /proc/self/fd link, F_GETFL (O_LARGEFILE masked out) and F_GETFD of
+//! before ready), the /proc/self/fd link, F_GETFL (O_LARGEFILE included) and F_GETFD of
 //! those fds and compares them after go; a pipe's link is compared as `pipe:[*]` only (a
 //! restored pipe is a new inode), the pipes' identities being checked by what flows through
 //! them. The multi-process ones (`pipes`, `sharedfd`) follow the protocol of procs.rs (armed
@@ -146,7 +146,8 @@ fn first_diff(a: &[u8], b: &[u8]) -> Option<usize> {
     a.iter().zip(b).position(|(x, y)| x != y)
 }
 
-/// What one fd looks like from inside: link, F_GETFL (without O_LARGEFILE), F_GETFD.
+/// What one fd looks like from inside: link, F_GETFL, F_GETFD. (F_GETFL keeps the kernel's
+/// O_LARGEFILE, 0o100000, which a 64-bit open(2) adds: rcr's reopen must add it too.)
 #[derive(Clone, Copy)]
 pub(crate) struct FdSnap {
     fd: i32,
@@ -173,11 +174,7 @@ impl FdSnap {
             fd,
             link,
             link_len: n,
-            flags: if flags < 0 {
-                flags
-            } else {
-                flags & !libc::O_LARGEFILE
-            },
+            flags,
             fd_flags: fcntl(fd, libc::F_GETFD),
         }
     }
@@ -204,7 +201,7 @@ impl FdSnap {
         if now.flags != self.flags {
             fail!(
                 chk,
-                "{what}: fd {fd} F_GETFL {:#o}, expected {:#o} (O_LARGEFILE ignored)",
+                "{what}: fd {fd} F_GETFL {:#o}, expected {:#o}",
                 now.flags,
                 self.flags
             );
