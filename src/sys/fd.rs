@@ -114,3 +114,23 @@ pub fn owner_and_signal(fd: &impl AsRawFd) -> io::Result<(i32, i32, i32)> {
     let signal = check(unsafe { libc::fcntl(fd.as_raw_fd(), F_GETSIG) } as libc::c_long)?;
     Ok((owner.kind, owner.pid, signal as i32))
 }
+
+/// Runs `work` with `dir` as its working directory, in a thread of its own whose working
+/// directory is unshared from rcr's (rcr's own stays as it is): for calls that take a path
+/// relative to a directory and have no *at() form (bind and connect on a relative unix
+/// socket path, open_by_handle_at with a mount that cannot be an O_PATH fd).
+pub fn in_directory<R: Send>(
+    dir: std::os::fd::BorrowedFd<'_>,
+    work: impl FnOnce() -> io::Result<R> + Send,
+) -> io::Result<R> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| -> io::Result<R> {
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS)?;
+                nix::unistd::fchdir(dir)?;
+                work()
+            })
+            .join()
+            .map_err(|_| io::Error::other("the thread working in a directory panicked"))?
+    })
+}

@@ -13,6 +13,7 @@
 //!   "from-anon" to 68 and was closed. Both datagrams are unread.
 //! - fd 71: one end of a socket pair whose other end sent "bye" and was closed.
 //! - fd 72: stream listener bound to DIR/gone.sock, whose file was then removed.
+//! - fd 73: datagram socket bound to the relative path "rel.sock" (the process' cwd is DIR).
 //! - Options: SO_SNDBUF 64 KiB on 61, SO_RCVBUF 50000 and SO_PASSCRED on 68, SO_RCVTIMEO
 //!   1.5 s on 66; after go getsockopt gives what it gave at ready.
 //!
@@ -45,7 +46,8 @@ const DGRAM_SERVER: i32 = 68;
 const DGRAM_CLIENT: i32 = 69;
 const PEER_GONE: i32 = 71;
 const GONE_LISTENER: i32 = 72;
-const ALL: [i32; 12] = [
+const RELATIVE: i32 = 73;
+const ALL: [i32; 13] = [
     LISTENER,
     CLIENT,
     ACCEPTED,
@@ -58,6 +60,7 @@ const ALL: [i32; 12] = [
     DGRAM_CLIENT,
     PEER_GONE,
     GONE_LISTENER,
+    RELATIVE,
 ];
 
 /// A sockaddr_un and its length.
@@ -308,7 +311,9 @@ fn option_value(fd: i32, opt: i32) -> i64 {
 }
 
 pub struct UnixSockets {
-    before: [FdSnap; 12],
+    before: [FdSnap; 13],
+    relative_addr: Addr,
+    relative_full_addr: Addr,
     options: [i64; 4],
     listen_addr: Addr,
     c3_addr: Addr,
@@ -330,7 +335,9 @@ impl UnixSockets {
         let listen_path = ctx.path("listen.sock");
         let gone_path = ctx.path("gone.sock");
         let mut me = UnixSockets {
-            before: [FdSnap::EMPTY; 12],
+            before: [FdSnap::EMPTY; 13],
+            relative_addr: Addr::new(b"rel.sock"),
+            relative_full_addr: Addr::new(&path_of("rel.sock")),
             options: [0; 4],
             listen_addr: Addr::new(&path_of("listen.sock")),
             c3_addr: Addr::new(format!("@rcr-c3-{}", ctx.pid).as_bytes()),
@@ -456,6 +463,16 @@ impl UnixSockets {
         for (slot, (fd, opt)) in me.options.iter_mut().zip(OPTIONS) {
             *slot = option_value(fd, opt);
         }
+
+        // A datagram socket bound to the relative path "rel.sock", from DIR as cwd.
+        let dir = ctx.path(".");
+        // SAFETY: chdir to a path of this scenario.
+        if unsafe { libc::chdir(dir.as_ptr()) } != 0 {
+            return Err(format!("chdir DIR: errno {}", errno()));
+        }
+        let r = new_socket(libc::SOCK_DGRAM)?;
+        bind(r, &me.relative_addr)?;
+        place(r, RELATIVE, false)?;
 
         let g = new_socket(libc::SOCK_STREAM)?;
         bind(g, &me.gone_addr)?;
@@ -604,6 +621,19 @@ impl crate::parts::Part for UnixSockets {
         // SAFETY: access on a path of this scenario.
         if unsafe { libc::access(self.gone_path.as_ptr(), libc::F_OK) } == 0 {
             fail!(chk, "gone.sock exists again");
+        }
+
+        // The relative name, and its socket file in DIR.
+        expect_name("relative", RELATIVE, false, &self.relative_addr, chk);
+        match new_socket(libc::SOCK_DGRAM) {
+            Ok(sender) => {
+                if let Err(e) = sendto(sender, b"to-rel", &self.relative_full_addr) {
+                    fail!(chk, "send to DIR/rel.sock: {e}");
+                }
+                sys::close(sender);
+                expect_message("relative", RELATIVE, b"to-rel", chk);
+            }
+            Err(e) => fail!(chk, "{e}"),
         }
     }
 }

@@ -108,22 +108,15 @@ fn open_through(mount: &str, handle_type: i32, handle: &[u8]) -> Result<OwnedFd>
         .read(true)
         .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
         .open(mount)?;
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| -> Result<OwnedFd> {
-                nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS)
-                    .context("unshare(CLONE_FS)")?;
-                nix::unistd::fchdir(&mount_fd).context("fchdir")?;
-                crate::sys::inotify::open_by_handle_at_cwd(
-                    handle_type,
-                    handle,
-                    libc::O_PATH | libc::O_CLOEXEC,
-                )
-                .context("open_by_handle_at")
-            })
-            .join()
-            .map_err(|_| anyhow::anyhow!("the open_by_handle_at thread panicked"))?
+    use std::os::fd::AsFd;
+    crate::sys::fd::in_directory(mount_fd.as_fd(), || {
+        crate::sys::inotify::open_by_handle_at_cwd(
+            handle_type,
+            handle,
+            libc::O_PATH | libc::O_CLOEXEC,
+        )
     })
+    .context("open_by_handle_at")
 }
 
 /// The path of the watched inode: open_by_handle_at through each mount of its filesystem,

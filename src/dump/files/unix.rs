@@ -107,6 +107,14 @@ impl UnixTable {
                 ExternalUnix::Reconnect if accepted(self, info, inode) => bail!(
                     "{what} was accepted from a client outside the tree, which cannot connect again (--external-unix disconnect restores it as closed by the peer)"
                 ),
+                ExternalUnix::Reconnect
+                    if peer_name.first().is_some_and(|&b| b != 0 && b != b'/') =>
+                {
+                    bail!(
+                        "{what}: its peer outside the tree is bound to the relative path {}, which cannot be connected to again (--external-unix disconnect restores it as closed by the peer)",
+                        printable(&peer_name)
+                    )
+                }
                 ExternalUnix::Reconnect if info.rqueue > 0 => bail!(
                     "{what} has {} bytes from its peer outside the tree, lost by a new connection (--external-unix disconnect keeps them)",
                     info.rqueue
@@ -160,12 +168,23 @@ pub(super) fn dump(one: &OneFd, ids: &mut FileIds) -> Result<Option<UnixSocket>>
     }
     let name = info.name.clone().unwrap_or_default();
     let is_path = name.first().is_some_and(|&b| b != 0);
+    // A relative path is relative to the binder's cwd at bind time: taken as the process'
+    // cwd now, which must hold that very socket file.
+    let mut bind_dir = String::new();
     if is_path && name[0] != b'/' {
-        bail!(
-            "{}: bound to the relative path {} (not supported)",
-            what(),
-            printable(&name)
-        );
+        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd"))
+            .with_context(|| format!("{}: cwd", what()))?;
+        let found = std::fs::symlink_metadata(cwd.join(std::ffi::OsStr::from_bytes(&name)))
+            .is_ok_and(|m| Some(m.ino() as u32) == info.vfs_inode);
+        if !found {
+            bail!(
+                "{}: bound to the relative path {}, which is not its socket file from the process' cwd {} (not supported)",
+                what(),
+                printable(&name),
+                cwd.display()
+            );
+        }
+        bind_dir = cwd.to_string_lossy().into_owned();
     }
     let waiting_on = table.waiting_on.get(&(inode as u32)).copied();
     if waiting_on.is_some() && info.wqueue > 0 {
@@ -194,7 +213,7 @@ pub(super) fn dump(one: &OneFd, ids: &mut FileIds) -> Result<Option<UnixSocket>>
     // The socket file of a path name: as it is, or gone.
     let (mut path_mode, mut path_uid, mut path_gid, mut path_removed) = (0, 0, 0, false);
     if is_path && !accepted {
-        let path = std::path::Path::new(std::ffi::OsStr::from_bytes(&name));
+        let path = std::path::Path::new(&bind_dir).join(std::ffi::OsStr::from_bytes(&name));
         match std::fs::symlink_metadata(path) {
             Ok(meta) if Some(meta.ino() as u32) == info.vfs_inode => {
                 (path_mode, path_uid, path_gid) = (meta.mode(), meta.uid(), meta.gid());
@@ -275,6 +294,7 @@ pub(super) fn dump(one: &OneFd, ids: &mut FileIds) -> Result<Option<UnixSocket>>
         path_removed,
         peek_offset: (peek_offset >= 0).then_some(peek_offset),
         options,
+        bind_dir,
     }))
 }
 

@@ -9,10 +9,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::sys::socket::{
     AddressFamily, Backlog, MsgFlags, Shutdown, SockFlag, SockType, UnixAddr, accept4, bind,
@@ -101,11 +101,59 @@ fn classify(s: &UnixSocket, all: &BTreeMap<u64, &UnixSocket>) -> Result<Role> {
     )
 }
 
-fn address(name: &[u8]) -> Result<UnixAddr> {
-    Ok(match name.split_first() {
-        Some((0, abstract_name)) => UnixAddr::new_abstract(abstract_name)?,
-        _ => UnixAddr::new(OsStr::from_bytes(name))?,
-    })
+/// A socket address: a path (relative ones to `dir`), or an abstract name.
+#[derive(Clone, Copy)]
+struct Address<'a> {
+    name: &'a [u8],
+    dir: &'a str,
+}
+
+impl<'a> Address<'a> {
+    /// The address a socket of the image is bound to.
+    fn of(s: &'a UnixSocket) -> Address<'a> {
+        Address {
+            name: &s.name,
+            dir: &s.bind_dir,
+        }
+    }
+
+    fn is_path(&self) -> bool {
+        self.name.first().is_some_and(|&b| b != 0)
+    }
+
+    /// The socket file of a path address.
+    fn file(&self) -> PathBuf {
+        Path::new(self.dir).join(OsStr::from_bytes(self.name))
+    }
+
+    /// Runs `call` (bind, connect, sendto) with the address; a relative path in a thread
+    /// whose working directory is `dir`, so that the socket keeps the name it had.
+    fn run<R: Send>(
+        &self,
+        call: impl FnOnce(&UnixAddr) -> nix::Result<R> + Send,
+    ) -> std::io::Result<R> {
+        let addr = match self.name.split_first() {
+            Some((0, abstract_name)) => UnixAddr::new_abstract(abstract_name)?,
+            _ => UnixAddr::new(OsStr::from_bytes(self.name))?,
+        };
+        if !self.is_path() || self.name[0] == b'/' {
+            return Ok(call(&addr)?);
+        }
+        let dir: OwnedFd = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+            .open(self.dir)?
+            .into();
+        crate::sys::fd::in_directory(dir.as_fd(), || Ok(call(&addr)?))
+    }
+
+    fn printable(&self) -> String {
+        if self.is_path() && self.name[0] != b'/' {
+            self.file().display().to_string()
+        } else {
+            printable(self.name)
+        }
+    }
 }
 
 fn sock_type(s: &UnixSocket) -> Result<SockType> {
@@ -156,14 +204,14 @@ fn new_pair(s: &UnixSocket) -> Result<(OwnedFd, OwnedFd)> {
     .with_context(|| format!("socket:[{}]: socketpair", s.inode))
 }
 
-/// Binds to `name`. A path still there from the dumped process (a socket file no live socket
-/// holds) is removed first; an address a live socket holds is an error.
-fn bind_to(sock: &OwnedFd, name: &[u8], what: &str) -> Result<()> {
-    let addr = address(name)?;
-    match bind(sock.as_raw_fd(), &addr) {
-        Err(Errno::EADDRINUSE) if name.first().is_some_and(|&b| b != 0) => {
-            let path = std::path::Path::new(OsStr::from_bytes(name));
-            let meta = std::fs::symlink_metadata(path)?;
+/// Binds to `address`. A path still there from the dumped process (a socket file no live
+/// socket holds) is removed first; an address a live socket holds is an error.
+fn bind_to(sock: &OwnedFd, address: Address, what: &str) -> Result<()> {
+    let fd = sock.as_raw_fd();
+    match address.run(|addr| bind(fd, addr)) {
+        Err(err) if err.raw_os_error() == Some(libc::EADDRINUSE) && address.is_path() => {
+            let path = address.file();
+            let meta = std::fs::symlink_metadata(&path)?;
             let live = crate::sys::socket::unix_sockets().context("sock_diag")?;
             let held = live
                 .values()
@@ -174,26 +222,30 @@ fn bind_to(sock: &OwnedFd, name: &[u8], what: &str) -> Result<()> {
                     path.display()
                 );
             }
-            std::fs::remove_file(path)?;
-            bind(sock.as_raw_fd(), &addr)
+            std::fs::remove_file(&path)?;
+            address
+                .run(|addr| bind(fd, addr))
                 .with_context(|| format!("{what}: bind to {}", path.display()))
         }
-        Err(err) => Err(err).with_context(|| format!("{what}: bind to {}", printable(name))),
+        Err(err) => Err(err).with_context(|| format!("{what}: bind to {}", address.printable())),
         Ok(()) => Ok(()),
     }
 }
 
-fn connect_to(sock: &OwnedFd, name: &[u8], what: &str) -> Result<()> {
-    connect(sock.as_raw_fd(), &address(name)?)
-        .with_context(|| format!("{what}: connect to {}", printable(name)))
+fn connect_to(sock: &OwnedFd, address: Address, what: &str) -> Result<()> {
+    let fd = sock.as_raw_fd();
+    address
+        .run(|addr| connect(fd, addr))
+        .with_context(|| format!("{what}: connect to {}", address.printable()))
 }
 
 /// Sends every message of `queue` from `sender` (to `to` when given), without waiting.
-fn refill(sender: &OwnedFd, queue: &[Vec<u8>], to: Option<&UnixAddr>, what: &str) -> Result<()> {
+fn refill(sender: &OwnedFd, queue: &[Vec<u8>], to: Option<Address>, what: &str) -> Result<()> {
+    let fd = sender.as_raw_fd();
     for message in queue {
         let sent = match to {
-            Some(addr) => sendto(sender.as_raw_fd(), message, addr, MsgFlags::MSG_DONTWAIT),
-            None => send(sender.as_raw_fd(), message, MsgFlags::MSG_DONTWAIT),
+            Some(address) => address.run(|addr| sendto(fd, message, addr, MsgFlags::MSG_DONTWAIT)),
+            None => Ok(send(fd, message, MsgFlags::MSG_DONTWAIT)?),
         }
         .with_context(|| format!("{what}: refilling its queue"))?;
         if sent != message.len() {
@@ -240,7 +292,7 @@ impl OpenedFiles {
                 | Role::Reconnect => {
                     let sock = new_socket(s)?;
                     if !s.name.is_empty() {
-                        bind_to(&sock, &s.name, &what(s))?;
+                        bind_to(&sock, Address::of(s), &what(s))?;
                     }
                     made.insert(s.inode, sock);
                 }
@@ -250,20 +302,24 @@ impl OpenedFiles {
 
         // Accepted connections, per listener address: a temporary listener there, each
         // client connects, the accepted end is taken; then the address is free again.
-        let mut by_address: BTreeMap<&[u8], Vec<&UnixSocket>> = BTreeMap::new();
+        let mut by_address: BTreeMap<(&[u8], &str), Vec<&UnixSocket>> = BTreeMap::new();
         for s in sockets
             .values()
             .filter(|s| roles[&s.inode] == Role::Accepted)
         {
-            by_address.entry(&s.name).or_default().push(s);
+            by_address
+                .entry((&s.name, &s.bind_dir))
+                .or_default()
+                .push(s);
         }
-        for (name, accepted) in by_address {
+        for (_, accepted) in by_address {
             let first = accepted[0];
+            let address = Address::of(first);
             let listener = new_socket(first)?;
-            bind_to(&listener, name, &what(first))?;
+            bind_to(&listener, address, &what(first))?;
             listen(&listener, Backlog::new(accepted.len() as i32)?)?;
             for s in accepted {
-                connect_to(&made[&s.peer], name, &format!("socket:[{}]", s.peer))?;
+                connect_to(&made[&s.peer], address, &format!("socket:[{}]", s.peer))?;
                 let end = accept4(
                     listener.as_fd(),
                     SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
@@ -272,8 +328,8 @@ impl OpenedFiles {
                 made.insert(s.inode, end);
             }
             drop(listener);
-            if name.first().is_some_and(|&b| b != 0) {
-                std::fs::remove_file(OsStr::from_bytes(name))?;
+            if address.is_path() {
+                std::fs::remove_file(address.file())?;
             }
         }
 
@@ -283,12 +339,12 @@ impl OpenedFiles {
             .filter(|s| roles[&s.inode] == Role::Listener)
         {
             let sock = new_socket(s)?;
-            bind_to(&sock, &s.name, &what(s))?;
+            bind_to(&sock, Address::of(s), &what(s))?;
             listen(&sock, Backlog::new(s.backlog.min(i32::MAX as u32) as i32)?)
                 .with_context(|| format!("{}: listen", what(s)))?;
             for client in &s.pending {
                 if let Some(client_sock) = made.get(client) {
-                    connect_to(client_sock, &s.name, &format!("socket:[{client}]"))?;
+                    connect_to(client_sock, Address::of(s), &format!("socket:[{client}]"))?;
                 }
             }
             made.insert(s.inode, sock);
@@ -316,7 +372,7 @@ impl OpenedFiles {
             if s.name.is_empty() {
                 bail!("{}: datagrams queued on an unnamed socket", what(s));
             }
-            let to = address(&s.name)?;
+            let to = Address::of(s);
             for (index, message) in s.queue.iter().enumerate() {
                 let sender_name = s.senders.get(index).map(Vec::as_slice).unwrap_or(&[]);
                 let named_sender = sockets
@@ -327,7 +383,7 @@ impl OpenedFiles {
                     Some(sender) => sender,
                     None => anonymous_sender.get_or_insert(new_socket(s)?),
                 };
-                refill(sender, std::slice::from_ref(message), Some(&to), &what(s))?;
+                refill(sender, std::slice::from_ref(message), Some(to), &what(s))?;
             }
         }
         drop(anonymous_sender);
@@ -339,9 +395,15 @@ impl OpenedFiles {
             match roles[&s.inode] {
                 Role::DgramConnected => {
                     let peer = sockets[&s.peer];
-                    connect_to(&made[&s.inode], &peer.name, &what(s))?;
+                    connect_to(&made[&s.inode], Address::of(peer), &what(s))?;
                 }
-                Role::Reconnect => connect_to(&made[&s.inode], &s.peer_name, &what(s))?,
+                Role::Reconnect => {
+                    let peer = Address {
+                        name: &s.peer_name,
+                        dir: "",
+                    };
+                    connect_to(&made[&s.inode], peer, &what(s))?
+                }
                 Role::PeerGone => {
                     let (mine, gone) = new_pair(s)?;
                     apply_options(&mine, s)?;
@@ -381,12 +443,12 @@ impl OpenedFiles {
             if s.name.first().is_none_or(|&b| b == 0) || s.accepted {
                 continue;
             }
-            let path = std::path::Path::new(OsStr::from_bytes(&s.name));
+            let path = Address::of(s).file();
             if s.path_removed {
                 std::fs::remove_file(path)
                     .with_context(|| format!("{}: removing its file again", what(s)))?;
             } else if s.path_mode != 0 {
-                std::fs::set_permissions(path, PermissionsExt::from_mode(s.path_mode & 0o7777))?;
+                std::fs::set_permissions(&path, PermissionsExt::from_mode(s.path_mode & 0o7777))?;
                 std::os::unix::fs::lchown(path, Some(s.path_uid), Some(s.path_gid))?;
             }
         }
