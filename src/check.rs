@@ -94,8 +94,87 @@ fn probe_all() -> Vec<Row> {
     rows.push(dirty_tracking_row(uffd_features, scan_works));
     rows.push(clone3_row());
     rows.push(mm_map_row());
+    rows.push(sock_diag_row());
+    rows.push(timerfd_ticks_row());
     rows.push(vdso_row());
     rows
+}
+
+/// Unix sockets are described by sock_diag over netlink (the dump needs it for them).
+fn sock_diag_row() -> Row {
+    let feature = "unix sock_diag (netlink)";
+    let pair = nix::sys::socket::socketpair(
+        nix::sys::socket::AddressFamily::Unix,
+        nix::sys::socket::SockType::Stream,
+        None,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+    );
+    match (pair, crate::sys::socket::unix_sockets()) {
+        (Ok((a, _b)), Ok(all)) => {
+            use std::os::unix::fs::MetadataExt;
+            let inode = std::fs::metadata(format!(
+                "/proc/self/fd/{}",
+                std::os::fd::AsRawFd::as_raw_fd(&a)
+            ))
+            .map(|m| m.ino() as u32)
+            .unwrap_or(0);
+            let seen = all.get(&inode).is_some_and(|i| i.peer != 0);
+            Row::new(
+                feature,
+                Need::Optional,
+                seen,
+                if seen {
+                    format!(
+                        "{} unix sockets listed; a new pair seen with its peer",
+                        all.len()
+                    )
+                } else {
+                    "a new socket pair is not listed with its peer: processes with unix sockets cannot be dumped".to_owned()
+                },
+            )
+        }
+        (_, Err(err)) => Row::new(
+            feature,
+            Need::Optional,
+            false,
+            format!(
+                "{}: processes with unix sockets cannot be dumped",
+                errno_text(&err)
+            ),
+        ),
+        (Err(err), _) => Row::new(feature, Need::Optional, false, format!("socketpair: {err}")),
+    }
+}
+
+/// TFD_IOC_SET_TICKS (CONFIG_CHECKPOINT_RESTORE): a timerfd's unread expirations come back.
+fn timerfd_ticks_row() -> Row {
+    let feature = "timerfd TFD_IOC_SET_TICKS";
+    match crate::sys::fd::timerfd(libc::CLOCK_MONOTONIC, libc::O_NONBLOCK, 0, 0, 3) {
+        Ok(fd) => {
+            let mut ticks = [0u8; 8];
+            let read = nix::unistd::read(&fd, &mut ticks);
+            let ok = read == Ok(8) && u64::from_ne_bytes(ticks) == 3;
+            Row::new(
+                feature,
+                Need::Optional,
+                ok,
+                if ok {
+                    "a new timerfd given 3 ticks reads 3".to_owned()
+                } else {
+                    format!("read gave {read:?}: unread timerfd expirations are lost")
+                },
+            )
+        }
+        Err(err) => Row::new(
+            feature,
+            Need::Optional,
+            false,
+            format!(
+                "{}: timerfds with unread expirations cannot be restored",
+                errno_text(&err)
+            ),
+        ),
+    }
 }
 
 /// The table with aligned columns.
