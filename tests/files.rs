@@ -415,6 +415,8 @@ fn unix_peer_outside_refused_or_disconnected() {
     let mut h = Harness::new("unix_peer_outside_disconnect");
     let listener =
         std::os::unix::net::UnixListener::bind(h.path("outside.sock")).expect("bind listener");
+    let _log = std::os::unix::net::UnixDatagram::bind(h.path("outside-dgram.sock"))
+        .expect("bind the datagram socket");
     let w = h.spawn("unix-outside");
     let mut conn = accept_within(&listener);
     conn.write_all(b"queued")
@@ -448,6 +450,8 @@ fn unix_peer_outside_reconnected() {
     let mut h = Harness::new("unix_peer_outside_reconnect");
     let listener =
         std::os::unix::net::UnixListener::bind(h.path("outside.sock")).expect("bind listener");
+    let log = std::os::unix::net::UnixDatagram::bind(h.path("outside-dgram.sock"))
+        .expect("bind the datagram socket");
     let w = h.spawn("unix-outside");
     let first = accept_within(&listener);
     let img = h.path("img");
@@ -470,6 +474,14 @@ fn unix_peer_outside_reconnected() {
     h.restore(&w, &img, &[]).assert_ok_for(&w);
     w.assert_pass();
     peer.join().expect("the test's side of the connection");
+    // The datagram socket, connected again, sent its line to the test's socket.
+    log.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .expect("read timeout");
+    let mut line = [0u8; 32];
+    let n = log
+        .recv(&mut line)
+        .expect("the restored datagram socket's line");
+    assert_eq!(&line[..n], b"log-line");
 }
 
 /// Kills the processes named in `pid_files` (if they still name the workload) when dropped:

@@ -25,9 +25,11 @@
 //! still gone.
 //!
 //! `unix-outside`: fd 10 connected to the stream listener ../outside.sock of the test (outside
-//! the tree). After go it reads DIR/mode: `disconnect` (the test queued "queued" before the
-//! dump: it reads "queued" then EOF) or `reconnect` (it is connected to ../outside.sock
-//! again: it sends "ping" and reads "pong").
+//! the tree), fd 11 a datagram socket connected to the test's ../outside-dgram.sock. After go
+//! it reads DIR/mode: `disconnect` (the test queued "queued" before the dump: 10 reads
+//! "queued" then EOF; a send on 11 fails) or `reconnect` (10 is connected to
+//! ../outside.sock again: it sends "ping" and reads "pong"; 11 is connected to
+//! ../outside-dgram.sock again and sends "log-line" there).
 
 use crate::files::{FdSnap, place, poll_in, read_once, snaps, verify_snaps};
 use crate::sys::{self, Shown, errno};
@@ -641,10 +643,12 @@ impl crate::parts::Part for UnixSockets {
 // ---------------------------------------------------------------------------------------------
 
 const OUTSIDE: i32 = 10;
+const OUTSIDE_DGRAM: i32 = 11;
 
 pub struct Outside {
-    before: [FdSnap; 1],
+    before: [FdSnap; 2],
     peer_addr: Addr,
+    dgram_peer_addr: Addr,
     mode_path: CString,
 }
 
@@ -659,9 +663,19 @@ impl Outside {
         // Blocking from here on: the reads below wait for the test.
         // SAFETY: fcntl on our own fd.
         unsafe { libc::fcntl(OUTSIDE, libc::F_SETFL, 0) };
+        // A datagram socket connected to the test's ../outside-dgram.sock (like /dev/log).
+        let d = new_socket(libc::SOCK_DGRAM)?;
+        connect(
+            d,
+            &Addr::new(&ctx.path("../outside-dgram.sock").into_bytes()),
+        )
+        .map_err(|e| format!("connect ../outside-dgram.sock: errno {e}"))?;
+        place(d, OUTSIDE_DGRAM, false)?;
+        let dgram_peer_addr = name_of(OUTSIDE_DGRAM, true);
         Ok(Outside {
-            before: [FdSnap::EMPTY; 1],
+            before: [FdSnap::EMPTY; 2],
             peer_addr,
+            dgram_peer_addr,
             mode_path: ctx.path("mode"),
         })
     }
@@ -669,7 +683,7 @@ impl Outside {
 
 impl crate::parts::Part for Outside {
     fn before_ready(&mut self) {
-        self.before = snaps([OUTSIDE]);
+        self.before = snaps([OUTSIDE, OUTSIDE_DGRAM]);
     }
 
     fn verify(&mut self, chk: &mut Check) {
@@ -690,6 +704,12 @@ impl crate::parts::Part for Outside {
             b"disconnect" => {
                 expect_message("outside peer gone", OUTSIDE, b"queued", chk);
                 expect_eof("outside peer gone", OUTSIDE, chk);
+                if send(OUTSIDE_DGRAM, b"nobody").is_ok() {
+                    fail!(
+                        chk,
+                        "fd {OUTSIDE_DGRAM}: a send reached a peer that is gone"
+                    );
+                }
             }
             b"reconnect" => {
                 expect_name("reconnected", OUTSIDE, true, &self.peer_addr, chk);
@@ -697,6 +717,16 @@ impl crate::parts::Part for Outside {
                     fail!(chk, "fd {OUTSIDE}: send errno {}", errno());
                 }
                 expect_message("reconnected", OUTSIDE, b"pong", chk);
+                expect_name(
+                    "reconnected",
+                    OUTSIDE_DGRAM,
+                    true,
+                    &self.dgram_peer_addr,
+                    chk,
+                );
+                if send(OUTSIDE_DGRAM, b"log-line").is_err() {
+                    fail!(chk, "fd {OUTSIDE_DGRAM}: send errno {}", errno());
+                }
             }
             other => fail!(chk, "DIR/mode says `{}`", Shown(other)),
         }
