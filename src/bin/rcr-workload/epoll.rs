@@ -10,7 +10,8 @@
 //! registration (which must exist: ENOENT the second time) and sees a new write on the
 //! pipe wake the edge-triggered read end.
 
-use crate::files::{Child, abort_setup, place, snaps, verify_snaps, wait_armed};
+use crate::files::{Child, place, snaps, verify_snaps, wait_armed};
+use crate::procs::abort_setup;
 use crate::procs::{MapsBufs, Member, Own};
 use crate::sys::{self, errno};
 use crate::{Check, Ctx, fail};
@@ -113,17 +114,11 @@ pub fn epollshared(ctx: &Ctx, bufs: &mut MapsBufs) -> ! {
         Err(e) => crate::die(format_args!("epollshared: fork: errno {e}")),
     };
     if let Err(e) = wait_armed(ctx, "C", c) {
-        abort_setup(&[c], &e);
+        abort_setup(&[c], &[], &e);
     }
     let child = Child::new(ctx, "C", c);
     let before = snaps(ALL);
-    let own = match Own::record_root(bufs) {
-        Ok(o) => o,
-        Err(e) => abort_setup(&[c], &e),
-    };
-    if let Err(e) = crate::write_ready(ctx, sys::getpid()) {
-        abort_setup(&[c], &format!("writing ready: errno {e}"));
-    }
+    let own = crate::procs::root_ready(ctx, bufs, &[c], &[]);
 
     sys::wait_for(&ctx.go);
 

@@ -47,7 +47,7 @@
 //!   socket delivers "ping" and "pong", the timer is still armed, the fanotify instance
 //!   reports the closing of a file `fan-probe` written in DIR).
 
-use crate::procs::{MapsBufs, Member, Own};
+use crate::procs::{MapsBufs, Member, Own, abort_setup};
 use crate::sys::{self, FdSet, Mapping, Shown, WaitStatus, XorShift, errno};
 use crate::{Check, Ctx, fail};
 use std::ffi::CString;
@@ -273,18 +273,6 @@ fn check_same_link(what: &str, a: i32, b: i32, same: bool, chk: &mut Check) {
 // ---------------------------------------------------------------------------------------------
 // The child protocol of the multi-process scenarios (as in procs.rs).
 
-/// Kills and reaps the forked children, prints FAIL, exits 1.
-pub(crate) fn abort_setup(forked: &[i32], what: &str) -> ! {
-    for &pid in forked {
-        // SAFETY: kill and reap a child this process forked.
-        unsafe {
-            libc::kill(pid, libc::SIGKILL);
-            libc::waitpid(pid, std::ptr::null_mut(), 0);
-        }
-    }
-    crate::die(format_args!("{what}"))
-}
-
 /// Waits (30 s) for DIR/armed-NAME and checks it holds `pid`.
 pub(crate) fn wait_armed(ctx: &Ctx, name: &str, pid: i32) -> Result<(), String> {
     let path = ctx.path(&format!("armed-{name}"));
@@ -432,20 +420,14 @@ pub fn pipes(ctx: &Ctx, bufs: &mut MapsBufs) -> ! {
         w.map_err(|e| format!("write into D: errno {e}"))
     };
     if let Err(e) = setup_a_d() {
-        abort_setup(&[c], &format!("pipes: {e}"));
+        abort_setup(&[c], &[], &format!("pipes: {e}"));
     }
     if let Err(e) = wait_armed(ctx, "C", c) {
-        abort_setup(&[c], &e);
+        abort_setup(&[c], &[], &e);
     }
     let child = Child::new(ctx, "C", c);
     let before = snaps([A_READ, A_WRITE, B_WRITE, D_READ]);
-    let own = match Own::record_root(bufs) {
-        Ok(o) => o,
-        Err(e) => abort_setup(&[c], &e),
-    };
-    if let Err(e) = crate::write_ready(ctx, sys::getpid()) {
-        abort_setup(&[c], &format!("writing ready: errno {e}"));
-    }
+    let own = crate::procs::root_ready(ctx, bufs, &[c], &[]);
 
     sys::wait_for(&ctx.go);
 
@@ -736,17 +718,11 @@ pub fn sharedfd(ctx: &Ctx, bufs: &mut MapsBufs) -> ! {
         Err(e) => crate::die(format_args!("sharedfd: fork: errno {e}")),
     };
     if let Err(e) = wait_armed(ctx, "C", c) {
-        abort_setup(&[c], &e);
+        abort_setup(&[c], &[], &e);
     }
     let child = Child::new(ctx, "C", c);
     let before = snaps([SH_FD, SH_DUP, SH_OTHER]);
-    let own = match Own::record_root(bufs) {
-        Ok(o) => o,
-        Err(e) => abort_setup(&[c], &e),
-    };
-    if let Err(e) = crate::write_ready(ctx, sys::getpid()) {
-        abort_setup(&[c], &format!("writing ready: errno {e}"));
-    }
+    let own = crate::procs::root_ready(ctx, bufs, &[c], &[]);
 
     sys::wait_for(&ctx.go);
 

@@ -357,7 +357,22 @@ fn wait_state(pid: i32, state: u8) -> Result<sys::Stat, String> {
 
 /// Ends a failed setup of the root: kills and reaps the children it forked (and, by pid,
 /// descendants it learned of), prints FAIL, exits 1.
-fn abort_setup(forked: &[i32], others: &[i32], what: &str) -> ! {
+/// The root's last step before ready: records its own state (ids, fds, maps) and writes
+/// DIR/ready; on failure kills (and reaps) what it forked, kills `others`, and dies.
+pub fn root_ready(ctx: &Ctx, bufs: &mut MapsBufs, forked: &[i32], others: &[i32]) -> Own {
+    let own = match Own::record_root(bufs) {
+        Ok(o) => o,
+        Err(e) => abort_setup(forked, others, &e),
+    };
+    if let Err(e) = crate::write_ready(ctx, own.ids.pid) {
+        abort_setup(forked, others, &format!("writing ready: errno {e}"));
+    }
+    own
+}
+
+/// Kills (and reaps) what the root forked, kills `others` (created by its children), and
+/// dies with `what`.
+pub(crate) fn abort_setup(forked: &[i32], others: &[i32], what: &str) -> ! {
     for &pid in forked.iter().chain(others) {
         // SAFETY: kill sends a signal to a process this root created (or its child created).
         unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -492,13 +507,7 @@ pub fn tree(ctx: &Ctx, bufs: &mut MapsBufs) -> ! {
         Expect::new(ctx, "S", s, true),
     ];
     let cont = AtomicFile::new(ctx, "cont");
-    let own = match Own::record_root(bufs) {
-        Ok(o) => o,
-        Err(e) => abort_setup(&forked, &[a1], &e),
-    };
-    if let Err(e) = crate::write_ready(ctx, own.ids.pid) {
-        abort_setup(&forked, &[a1], &format!("writing ready: errno {e}"));
-    }
+    let own = root_ready(ctx, bufs, &forked, &[a1]);
 
     sys::wait_for(&ctx.go);
 
@@ -744,13 +753,7 @@ pub fn shared(ctx: &Ctx, bufs: &mut MapsBufs) -> ! {
         );
     }
     let expect = [Expect::new(ctx, "C", c, true)];
-    let own = match Own::record_root(bufs) {
-        Ok(o) => o,
-        Err(e) => abort_setup(&[c], &[], &e),
-    };
-    if let Err(e) = crate::write_ready(ctx, own.ids.pid) {
-        abort_setup(&[c], &[], &format!("writing ready: errno {e}"));
-    }
+    let own = root_ready(ctx, bufs, &[c], &[]);
 
     sys::wait_for(&ctx.go);
 
@@ -828,13 +831,7 @@ pub fn manyprocs(ctx: &Ctx, bufs: &mut MapsBufs, n: usize) -> ! {
         .enumerate()
         .map(|(i, &pid)| Expect::new(ctx, &format!("child {}", i + 1), pid, true))
         .collect();
-    let own = match Own::record_root(bufs) {
-        Ok(o) => o,
-        Err(e) => abort_setup(&forked, &[], &e),
-    };
-    if let Err(e) = crate::write_ready(ctx, own.ids.pid) {
-        abort_setup(&forked, &[], &format!("writing ready: errno {e}"));
-    }
+    let own = root_ready(ctx, bufs, &forked, &[]);
 
     sys::wait_for(&ctx.go);
 

@@ -8,7 +8,7 @@
 //! (after a bounded wait, RCR_WORKLOAD_TIMEOUT_SECS) and prints one PASS or FAIL line.
 //! Nothing is allocated or mapped between the snapshot and the main thread's checks.
 
-use crate::procs::{MapsBufs, Own};
+use crate::procs::MapsBufs;
 use crate::sys::{self, Mapping, Shown, errno};
 use crate::{Check, Ctx, fail};
 use std::cell::Cell;
@@ -635,13 +635,7 @@ pub fn threads(ctx: &Ctx, bufs: &mut MapsBufs) -> ! {
             NTHREADS + 1
         ));
     }
-    let own = match Own::record_root(bufs) {
-        Ok(o) => o,
-        Err(e) => crate::die(format_args!("{e}")),
-    };
-    if let Err(e) = crate::write_ready(ctx, sys::getpid()) {
-        crate::die(format_args!("writing ready: errno {e}"));
-    }
+    let own = crate::procs::root_ready(ctx, bufs, &[], &[]);
 
     sys::wait_for(&ctx.go);
 
@@ -800,13 +794,7 @@ pub fn manythreads(ctx: &Ctx, bufs: &mut MapsBufs, n: usize) -> ! {
             n + 1
         ));
     }
-    let own = match Own::record_root(bufs) {
-        Ok(o) => o,
-        Err(e) => crate::die(format_args!("{e}")),
-    };
-    if let Err(e) = crate::write_ready(ctx, sys::getpid()) {
-        crate::die(format_args!("writing ready: errno {e}"));
-    }
+    let own = crate::procs::root_ready(ctx, bufs, &[], &[]);
 
     sys::wait_for(&ctx.go);
 

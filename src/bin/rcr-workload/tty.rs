@@ -26,7 +26,8 @@
 //!   (the same terminal), writes "job-output\n" on fd 1 and reads the line "typed-line\n"
 //!   from fd 0 (30 s bound). Its PASS/FAIL line goes to fd 1, the terminal.
 
-use crate::files::wait_armed;
+use crate::files::{Child, wait_armed};
+use crate::procs::abort_setup;
 use crate::procs::{MapsBufs, Member, Own};
 use crate::sys::{self, Shown, errno};
 use crate::{Check, Ctx, fail};
@@ -198,50 +199,6 @@ impl Snap {
     }
 }
 
-/// Waits for the result file of child `pid` and reaps it.
-fn collect(ctx_result: &CString, label: &str, pid: i32, deadline: Instant, chk: &mut Check) {
-    while !sys::exists(ctx_result) && Instant::now() < deadline {
-        sys::sleep_ms(10);
-    }
-    let mut buf = [0u8; 2200];
-    match sys::read_file_into(ctx_result, &mut buf) {
-        Ok(n) if buf[..n].starts_with(b"PASS") => {}
-        Ok(n) => {
-            let text = buf[..n].strip_suffix(b"\n").unwrap_or(&buf[..n]);
-            fail!(chk, "{label} (pid {pid}): {}", Shown(text));
-        }
-        Err(e) => fail!(chk, "{label} (pid {pid}): no result file (errno {e})"),
-    }
-    match sys::wait_until(pid, deadline) {
-        Ok(Some(st)) if libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0 => {}
-        Ok(Some(st)) => fail!(
-            chk,
-            "{label} (pid {pid}) ended with {}",
-            sys::WaitStatus(st)
-        ),
-        Ok(None) => {
-            fail!(chk, "{label} (pid {pid}) did not exit in time");
-            // SAFETY: our own child; killed and reaped.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-                libc::waitpid(pid, std::ptr::null_mut(), 0);
-            }
-        }
-        Err(e) => fail!(chk, "waitpid({pid}) for {label}: errno {e}"),
-    }
-}
-
-fn kill_and_die(pids: &[i32], what: &str) -> ! {
-    for &pid in pids {
-        // SAFETY: kill and reap children this process forked.
-        unsafe {
-            libc::kill(pid, libc::SIGKILL);
-            libc::waitpid(pid, std::ptr::null_mut(), 0);
-        }
-    }
-    crate::die(format_args!("ttys: {what}"))
-}
-
 /// Reads from the master (packet mode: each read starts with a status byte, 0 for data)
 /// until `total` payload bytes are in `got`, or `deadline`.
 fn read_master(
@@ -318,24 +275,18 @@ pub fn ttys(ctx: &Ctx, bufs: &mut MapsBufs) -> ! {
         Err(e) => crate::die(format_args!("ttys: fork: errno {e}")),
     };
     if let Err(e) = wait_armed(ctx, "C", c) {
-        kill_and_die(&[c], &e);
+        abort_setup(&[c], &[], &format!("ttys: {e}"));
     }
     // Packet mode, then the input the slave side has not read.
     if let Err(e) = ioctl_set_int(MASTER, libc::TIOCPKT, 1) {
-        kill_and_die(&[c], &format!("TIOCPKT: errno {e}"));
+        abort_setup(&[c], &[], &format!("ttys: TIOCPKT: errno {e}"));
     }
     if let Err(e) = sys::write_all(MASTER, IN_DATA) {
-        kill_and_die(&[c], &format!("write on the master: errno {e}"));
+        abort_setup(&[c], &[], &format!("ttys: write on the master: errno {e}"));
     }
-    let c_result = ctx.path(&format!("result-{c}"));
+    let child = Child::new(ctx, "C", c);
     let before = Snap::take(MASTER);
-    let own = match Own::record_root(bufs) {
-        Ok(o) => o,
-        Err(e) => kill_and_die(&[c], &e),
-    };
-    if let Err(e) = crate::write_ready(ctx, sys::getpid()) {
-        kill_and_die(&[c], &format!("writing ready: errno {e}"));
-    }
+    let own = crate::procs::root_ready(ctx, bufs, &[c], &[]);
 
     sys::wait_for(&ctx.go);
 
@@ -387,7 +338,7 @@ pub fn ttys(ctx: &Ctx, bufs: &mut MapsBufs) -> ! {
     if let Err(e) = sys::write_all(MASTER, b"pong\n") {
         fail!(chk, "P: write pong on the master: errno {e}");
     }
-    collect(&c_result, "C", c, Instant::now() + bound, &mut chk);
+    child.collect(Instant::now() + bound, &mut chk);
     chk.finish()
 }
 
@@ -476,7 +427,7 @@ fn ttys_c(
     if let Err(e) = sys::write_all(SLAVE, OUT_DATA) {
         me.setup_failed(&format!("write on the slave: errno {e}"));
     }
-    let g_result = ctx.path(&format!("result-{g}"));
+    let grandchild = Child::new(ctx, "G", g);
     let before = Snap::take(SLAVE);
     let own = match Own::record(bufs) {
         Ok(o) => o,
@@ -552,7 +503,7 @@ fn ttys_c(
     if let Err(e) = sys::write_all(SLAVE, b"ping\n") {
         fail!(chk, "C: write ping: errno {e}");
     }
-    collect(&g_result, "G", g, Instant::now() + bound, &mut chk);
+    grandchild.collect(Instant::now() + bound, &mut chk);
     me.report(&chk)
 }
 

@@ -852,7 +852,8 @@ const TREE_WAITING: i32 = 62;
 const TREE_ACCEPTED: i32 = 63;
 
 pub fn unixtree(ctx: &Ctx, bufs: &mut crate::procs::MapsBufs) -> ! {
-    use crate::files::{Child, abort_setup, wait_armed};
+    use crate::files::{Child, wait_armed};
+    use crate::procs::abort_setup;
     let bound = sys::wait_bound();
     let addr = Addr::new(&ctx.path("tree.sock").into_bytes());
     let setup = || -> Result<(), String> {
@@ -870,7 +871,7 @@ pub fn unixtree(ctx: &Ctx, bufs: &mut crate::procs::MapsBufs) -> ! {
         Err(e) => crate::die(format_args!("unixtree: fork: errno {e}")),
     };
     if let Err(e) = wait_armed(ctx, "C", c) {
-        abort_setup(&[c], &e);
+        abort_setup(&[c], &[], &e);
     }
     let accepted = || -> Result<(), String> {
         let a = accept(TREE_LISTENER).map_err(fail_errno("accept"))?;
@@ -878,17 +879,11 @@ pub fn unixtree(ctx: &Ctx, bufs: &mut crate::procs::MapsBufs) -> ! {
         send(TREE_ACCEPTED, b"from-parent").map_err(fail_errno("send from-parent"))
     };
     if let Err(e) = accepted() {
-        abort_setup(&[c], &e);
+        abort_setup(&[c], &[], &e);
     }
     let child = Child::new(ctx, "C", c);
     let before = snaps([TREE_LISTENER, TREE_ACCEPTED]);
-    let own = match crate::procs::Own::record_root(bufs) {
-        Ok(o) => o,
-        Err(e) => abort_setup(&[c], &e),
-    };
-    if let Err(e) = crate::write_ready(ctx, sys::getpid()) {
-        abort_setup(&[c], &format!("writing ready: errno {e}"));
-    }
+    let own = crate::procs::root_ready(ctx, bufs, &[c], &[]);
 
     sys::wait_for(&ctx.go);
 
