@@ -157,34 +157,12 @@ pub fn unix_sockets() -> io::Result<HashMap<u32, UnixInfo>> {
 
 /// SO_PEEK_OFF of a socket: -1 when the process never enabled it.
 pub fn peek_offset(sock: &impl AsRawFd) -> io::Result<i32> {
-    let mut value: i32 = -1;
-    let mut len = 4 as libc::socklen_t;
-    // SAFETY: getsockopt writes an int into a live variable.
-    check(unsafe {
-        libc::getsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEEK_OFF,
-            (&mut value as *mut i32).cast(),
-            &mut len,
-        )
-    } as libc::c_long)?;
-    Ok(value)
+    get_int(sock, libc::SO_PEEK_OFF)
 }
 
 /// Sets SO_PEEK_OFF (a restored socket whose process had enabled it).
 pub fn set_peek_offset(sock: &impl AsRawFd, offset: i32) -> io::Result<()> {
-    // SAFETY: setsockopt reads an int from a live variable.
-    check(unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEEK_OFF,
-            (&offset as *const i32).cast(),
-            4,
-        )
-    } as libc::c_long)?;
-    Ok(())
+    set_int(sock, libc::SO_PEEK_OFF, offset)
 }
 
 /// One message queued on a socket and the address of its sender (empty: unnamed).
@@ -198,18 +176,7 @@ pub struct Queued {
 /// ancillary data (fds or credentials in flight).
 pub fn peek_queue(sock: &impl AsRawFd) -> io::Result<(Vec<Queued>, i32)> {
     let fd = sock.as_raw_fd();
-    let set_peek_off = |off: i32| {
-        // SAFETY: setsockopt reads an int from a live variable.
-        check(unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_PEEK_OFF,
-                (&off as *const i32).cast(),
-                4,
-            )
-        } as libc::c_long)
-    };
+    let set_peek_off = |off: i32| set_peek_offset(sock, off);
     let original = peek_offset(sock)?;
     set_peek_off(0)?;
     let mut messages = Vec::new();
@@ -287,21 +254,7 @@ pub fn peek_queue(sock: &impl AsRawFd) -> io::Result<(Vec<Queued>, i32)> {
 /// "AF_INET stream socket", "AF_NETLINK socket (protocol 0)"...: what a socket is, for
 /// messages.
 pub fn describe(sock: &impl AsRawFd) -> io::Result<String> {
-    let int_option = |option: i32| -> io::Result<i32> {
-        let mut value: i32 = 0;
-        let mut len = 4 as libc::socklen_t;
-        // SAFETY: getsockopt writes an int into a live variable.
-        check(unsafe {
-            libc::getsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                option,
-                (&mut value as *mut i32).cast(),
-                &mut len,
-            )
-        } as libc::c_long)?;
-        Ok(value)
-    };
+    let int_option = |option: i32| get_int(sock, option);
     let domain = int_option(libc::SO_DOMAIN)?;
     let family = match domain {
         libc::AF_UNIX => "AF_UNIX".to_owned(),

@@ -12,7 +12,36 @@ use anyhow::{Context, Result, bail};
 
 use super::{FileIds, OneFd};
 use crate::image::proto::{ExternalUnix, SocketOptions, UnixSocket};
-use crate::sys::socket::UnixInfo;
+use crate::sys::socket::{Options, UnixInfo};
+
+/// Socket options between the image and the kernel (both directions here, in one place).
+impl From<Options> for SocketOptions {
+    fn from(o: Options) -> SocketOptions {
+        SocketOptions {
+            sndbuf: o.sndbuf,
+            rcvbuf: o.rcvbuf,
+            passcred: o.passcred,
+            passsec: o.passsec,
+            rcvlowat: o.rcvlowat,
+            sndtimeo_us: o.sndtimeo_us,
+            rcvtimeo_us: o.rcvtimeo_us,
+        }
+    }
+}
+
+impl From<&SocketOptions> for Options {
+    fn from(o: &SocketOptions) -> Options {
+        Options {
+            sndbuf: o.sndbuf,
+            rcvbuf: o.rcvbuf,
+            passcred: o.passcred,
+            passsec: o.passsec,
+            rcvlowat: o.rcvlowat,
+            sndtimeo_us: o.sndtimeo_us,
+            rcvtimeo_us: o.rcvtimeo_us,
+        }
+    }
+}
 
 pub const TCP_ESTABLISHED: u32 = 1;
 pub const TCP_CLOSE: u32 = 7;
@@ -25,6 +54,8 @@ pub struct UnixTable {
     all: HashMap<u32, UnixInfo>,
     /// Client socket -> the listener whose queue its connection waits in.
     waiting_on: HashMap<u32, u32>,
+    /// The addresses of the listening sockets.
+    listener_names: HashSet<Vec<u8>>,
     /// Sockets of the tree: (pid, fd, inode), first fd of each.
     of_tree: Vec<(i32, i32, u32)>,
     inodes: HashSet<u32>,
@@ -38,6 +69,13 @@ impl UnixTable {
             for (&listener, info) in &self.all {
                 for &client in &info.pending {
                     self.waiting_on.insert(client, listener);
+                }
+                if let Some(name) = info
+                    .name
+                    .as_ref()
+                    .filter(|_| u32::from(info.state) == TCP_LISTEN)
+                {
+                    self.listener_names.insert(name.clone());
                 }
             }
         }
@@ -53,9 +91,7 @@ impl UnixTable {
 
     /// Whether a listening socket is bound to `name`.
     fn is_listener_name(&self, name: &[u8]) -> bool {
-        self.all
-            .values()
-            .any(|i| u32::from(i.state) == TCP_LISTEN && i.name.as_deref() == Some(name))
+        self.listener_names.contains(name)
     }
 
     /// Once the whole tree is seen: every peer must be in it, or the user must have said what
@@ -248,17 +284,9 @@ pub(super) fn dump(one: &OneFd, ids: &mut FileIds) -> Result<Option<UnixSocket>>
     };
     let options = match one.copy {
         Some(copy) if first => {
-            let o = crate::sys::socket::options(copy)
+            let options = crate::sys::socket::options(copy)
                 .with_context(|| format!("{}: socket options", what()))?;
-            Some(SocketOptions {
-                sndbuf: o.sndbuf,
-                rcvbuf: o.rcvbuf,
-                passcred: o.passcred,
-                passsec: o.passsec,
-                rcvlowat: o.rcvlowat,
-                sndtimeo_us: o.sndtimeo_us,
-                rcvtimeo_us: o.rcvtimeo_us,
-            })
+            Some(SocketOptions::from(options))
         }
         _ => None,
     };

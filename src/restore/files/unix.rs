@@ -5,7 +5,7 @@
 //! and those connected to them, sockets whose peer has gone or is outside the tree; then
 //! every queue is refilled by the socket that had sent it, and shutdowns are replayed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -46,7 +46,12 @@ enum Role {
     PeerGone,
 }
 
-fn classify(s: &UnixSocket, all: &BTreeMap<u64, &UnixSocket>) -> Result<Role> {
+/// `waiting_in_tree`: the clients waiting in the queue of a listener of the tree.
+fn classify(
+    s: &UnixSocket,
+    all: &BTreeMap<u64, &UnixSocket>,
+    waiting_in_tree: &HashSet<u64>,
+) -> Result<Role> {
     let peer = all.get(&s.peer);
     let what = || format!("socket:[{}]", s.inode);
     let outside = |mode: ExternalUnix| match mode {
@@ -61,10 +66,7 @@ fn classify(s: &UnixSocket, all: &BTreeMap<u64, &UnixSocket>) -> Result<Role> {
         return Ok(Role::Listener);
     }
     if s.waiting {
-        let listener_in_tree = all
-            .values()
-            .any(|l| l.state == TCP_LISTEN && l.pending.contains(&s.inode));
-        return if listener_in_tree {
+        return if waiting_in_tree.contains(&s.inode) {
             Ok(Role::Waiting)
         } else {
             outside(s.external())
@@ -180,16 +182,7 @@ fn apply_options(sock: &OwnedFd, s: &UnixSocket) -> Result<()> {
     let Some(o) = &s.options else {
         return Ok(());
     };
-    let want = crate::sys::socket::Options {
-        sndbuf: o.sndbuf,
-        rcvbuf: o.rcvbuf,
-        passcred: o.passcred,
-        passsec: o.passsec,
-        rcvlowat: o.rcvlowat,
-        sndtimeo_us: o.sndtimeo_us,
-        rcvtimeo_us: o.rcvtimeo_us,
-    };
-    crate::sys::socket::set_options(sock, &want)
+    crate::sys::socket::set_options(sock, &o.into())
         .with_context(|| format!("socket:[{}]: socket options", s.inode))
 }
 
@@ -270,9 +263,14 @@ impl OpenedFiles {
         if sockets.is_empty() {
             return Ok(());
         }
+        let waiting_in_tree: HashSet<u64> = sockets
+            .values()
+            .filter(|l| l.state == TCP_LISTEN)
+            .flat_map(|l| l.pending.iter().copied())
+            .collect();
         let roles: HashMap<u64, Role> = sockets
             .values()
-            .map(|s| Ok((s.inode, classify(s, &sockets)?)))
+            .map(|s| Ok((s.inode, classify(s, &sockets, &waiting_in_tree)?)))
             .collect::<Result<_>>()?;
         let what = |s: &UnixSocket| format!("socket:[{}] {}", s.inode, printable(&s.name));
         let mut made: HashMap<u64, OwnedFd> = HashMap::new();
