@@ -6,7 +6,13 @@ command -v cc >/dev/null 2>&1 || need_apt+=(gcc)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 # The traced-task test attaches strace to a workload (it skips, saying so, without it).
 command -v strace >/dev/null 2>&1 || need_apt+=(strace)
-command -v prlimit >/dev/null 2>&1 || need_apt+=(util-linux)
+# prlimit (limits test), setsid --ctty (terminal tests), unshare (chroot test).
+for tool in prlimit setsid unshare; do
+  command -v "$tool" >/dev/null 2>&1 || { need_apt+=(util-linux); break; }
+done
+# mount --rbind and chroot (chroot test).
+command -v mount >/dev/null 2>&1 || need_apt+=(mount)
+command -v chroot >/dev/null 2>&1 || need_apt+=(coreutils)
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"

@@ -9,11 +9,12 @@
 mod common;
 
 use common::{Ended, Harness, RCR, WORKLOAD, Workload, pid_exists, tree_shape};
+use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl};
+use nix::poll::{PollFd, PollFlags, poll};
+use nix::pty::{PtyMaster, openpty, posix_openpt, ptsname_r};
 use std::fs;
 use std::io::Write;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::process::CommandExt;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -33,20 +34,16 @@ fn pty_index_of(w: &Workload) -> u32 {
 
 /// Opens /dev/ptmx until this test holds pty `index` (the others it got on the way too);
 /// None if a pty beyond it came first (someone else holds it).
-fn hold_pty(index: u32) -> Option<Vec<OwnedFd>> {
+fn hold_pty(index: u32) -> Option<Vec<PtyMaster>> {
     let mut held = Vec::new();
     loop {
-        let ptmx: OwnedFd = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
-            .open("/dev/ptmx")
-            .expect("open /dev/ptmx")
-            .into();
-        let mut n: libc::c_uint = 0;
-        // SAFETY: TIOCGPTN writes one unsigned int.
-        let r = unsafe { libc::ioctl(ptmx.as_raw_fd(), libc::TIOCGPTN, &mut n) };
-        assert_eq!(r, 0, "TIOCGPTN: {}", std::io::Error::last_os_error());
+        let ptmx = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
+            .expect("open /dev/ptmx");
+        let n: u32 = ptsname_r(&ptmx)
+            .expect("ptsname")
+            .strip_prefix("/dev/pts/")
+            .and_then(|n| n.parse().ok())
+            .expect("a /dev/pts/N name");
         held.push(ptmx);
         if n == index {
             return Some(held);
@@ -187,63 +184,37 @@ fn pty_pair_failed_dump() {
 
 /// A new pty of this test: (master, slave, /dev/pts/N), both close-on-exec.
 fn new_pty() -> (OwnedFd, OwnedFd, String) {
-    let (mut master, mut slave) = (-1, -1);
-    // SAFETY: openpty writes two fds; the name, termios and winsize pointers may be null.
-    let r = unsafe {
-        libc::openpty(
-            &mut master,
-            &mut slave,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            std::ptr::null(),
-        )
-    };
-    assert_eq!(r, 0, "openpty: {}", std::io::Error::last_os_error());
-    // SAFETY: fresh fds nobody else owns.
-    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
-    for fd in [&master, &slave] {
-        // SAFETY: fcntl on our own fd.
-        unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+    let pty = openpty(None, None).expect("openpty");
+    for fd in [&pty.master, &pty.slave] {
+        fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).expect("FD_CLOEXEC");
     }
-    let name = fs::read_link(format!("/proc/self/fd/{}", slave.as_raw_fd()))
+    let name = fs::read_link(format!("/proc/self/fd/{}", pty.slave.as_raw_fd()))
         .expect("readlink of the pty slave")
         .to_string_lossy()
         .into_owned();
-    (master, slave, name)
+    (pty.master, pty.slave, name)
 }
 
-/// A command on the terminal `slave` (fds 0, 1, 2), leading a session of its own with that
-/// terminal as its controlling terminal.
-fn on_terminal(cmd: &mut Command, slave: &OwnedFd) {
+/// A command running `program` on the terminal `slave` (fds 0, 1, 2), leading a session of
+/// its own with that terminal as its controlling terminal (util-linux `setsid --ctty`, which
+/// execs the program in place: the pid is the program's).
+fn on_terminal(program: &str, slave: &OwnedFd) -> Command {
     let io = || Stdio::from(slave.try_clone().expect("dup the pty slave"));
+    let mut cmd = Command::new("setsid");
+    cmd.arg("--ctty").arg(program);
     cmd.stdin(io()).stdout(io()).stderr(io());
-    // SAFETY: only async-signal-safe calls (setsid, ioctl) between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    cmd
 }
 
 /// Reads what the master has for up to `ms` milliseconds into `out`.
-fn read_master(master: &OwnedFd, out: &mut Vec<u8>, ms: i32) {
-    let mut p = libc::pollfd {
-        fd: master.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd.
-    if unsafe { libc::poll(&mut p, 1, ms) } <= 0 {
+fn read_master(master: &OwnedFd, out: &mut Vec<u8>, ms: u16) {
+    let mut fds = [PollFd::new(master.as_fd(), PollFlags::POLLIN)];
+    if !matches!(poll(&mut fds, ms), Ok(n) if n > 0) {
         return;
     }
     let mut buf = [0u8; 4096];
-    // SAFETY: read writes at most buf.len() bytes into buf.
-    let n = unsafe { libc::read(master.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-    if n > 0 {
-        out.extend_from_slice(&buf[..n as usize]);
+    if let Ok(n) = nix::unistd::read(master, &mut buf) {
+        out.extend_from_slice(&buf[..n]);
     }
 }
 
@@ -274,12 +245,11 @@ fn shell_job() {
     let dir = h.path("wl");
     fs::create_dir_all(&dir).expect("workload directory");
     let (master1, slave1, tty1) = new_pty();
-    let mut shell = Command::new(WORKLOAD);
+    let mut shell = on_terminal(WORKLOAD, &slave1);
     shell
         .arg("ttyshell")
         .arg(&dir)
         .env("RCR_WORKLOAD_NO_SETSID", "1");
-    on_terminal(&mut shell, &slave1);
     let shell_pid = h.adopt(shell.spawn().expect("spawn the shell"));
     drop(slave1);
     let job: i32 = wait_file(&dir.join("ready"), "the job")
@@ -337,7 +307,7 @@ fn shell_job() {
     let (master2, slave2, tty2) = new_pty();
     fs::write(dir.join("newtty"), format!("{tty2}\n")).expect("write newtty");
     let pidfile = h.path("restore.pid");
-    let mut restore = Command::new(RCR);
+    let mut restore = on_terminal(RCR, &slave2);
     restore
         .arg("restore")
         .arg("-D")
@@ -345,7 +315,6 @@ fn shell_job() {
         .arg("--shell-job")
         .arg("--pidfile")
         .arg(&pidfile);
-    on_terminal(&mut restore, &slave2);
     let rcr_pid = h.adopt(restore.spawn().expect("spawn rcr restore"));
     drop(slave2);
     let mut seen = Vec::new();
