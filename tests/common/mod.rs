@@ -358,36 +358,7 @@ impl Harness {
     /// Starts `rcr-workload SCENARIO DIR ARGS...` (e.g. `manyprocs DIR 200`), waits for its
     /// ready file and records its process tree.
     pub fn spawn_args(&mut self, scenario: &str, args: &[&str]) -> Workload {
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let dir = self.dir.join(format!("wl-{scenario}-{n}"));
-        fs::create_dir_all(&dir).expect("create workload directory");
-        let stdout = fs::File::create(dir.join("stdout")).expect("create stdout file");
-        let stderr = fs::File::create(dir.join("stderr")).expect("create stderr file");
-        let child = Command::new(WORKLOAD)
-            .arg(scenario)
-            .arg(&dir)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn rcr-workload");
-        let pid = child.id() as i32;
-        self.children.push(child);
-        let mut w = Workload {
-            scenario: scenario.to_string(),
-            pid,
-            dir,
-            tree: Vec::new(),
-        };
-        self.wait_ready(&w);
-        w.tree = tree_shape(pid);
-        for p in w.pids() {
-            if !self.tracked.contains(&p) {
-                self.tracked.push(p);
-            }
-        }
-        w
+        self.spawn_env(scenario, args, &[])
     }
 
     fn child_index(&self, pid: i32) -> Option<usize> {
@@ -828,13 +799,18 @@ impl Harness {
     /// Records the tree of a workload the test started itself (cleanup kills what still
     /// names this test's rcr-workload) and notes that a restore may bring its root back.
     pub fn track(&mut self, w: &Workload) {
+        self.note_pids(w);
+        if !self.restored.contains(&w.pid) {
+            self.restored.push(w.pid);
+        }
+    }
+
+    /// Notes the pids of `w`'s tree for the cleanup.
+    fn note_pids(&mut self, w: &Workload) {
         for p in w.pids() {
             if !self.tracked.contains(&p) {
                 self.tracked.push(p);
             }
-        }
-        if !self.restored.contains(&w.pid) {
-            self.restored.push(w.pid);
         }
     }
 
@@ -1131,11 +1107,7 @@ impl Harness {
         };
         self.wait_ready(&w);
         w.tree = tree_shape(pid);
-        for p in w.pids() {
-            if !self.tracked.contains(&p) {
-                self.tracked.push(p);
-            }
-        }
+        self.note_pids(&w);
         w
     }
 
