@@ -23,6 +23,18 @@ use std::time::{Duration, Instant};
 /// grandchild (the foreground group).
 const TTYS_PROCS: usize = 3;
 
+/// Starts the `ttys` tree and checks it has its three processes.
+fn spawn_ttys(h: &mut Harness) -> Workload {
+    let w = h.spawn("ttys");
+    assert_eq!(
+        w.tree.len(),
+        TTYS_PROCS,
+        "processes at ready: {:#?}",
+        w.tree
+    );
+    w
+}
+
 /// The index N of the workload root's pty (its master is fd 10), from fdinfo.
 fn pty_index_of(w: &Workload) -> u32 {
     let info = fs::read_to_string(format!("/proc/{}/fdinfo/10", w.pid)).expect("fdinfo of fd 10");
@@ -59,13 +71,7 @@ fn hold_pty(index: u32) -> Option<Vec<PtyMaster>> {
 #[test]
 fn pty_pair_in_tree() {
     let mut h = Harness::new("pty_pair_in_tree");
-    let w = h.spawn("ttys");
-    assert_eq!(
-        w.tree.len(),
-        TTYS_PROCS,
-        "processes at ready: {:#?}",
-        w.tree
-    );
+    let w = spawn_ttys(&mut h);
     let index = pty_index_of(&w);
     let img = h.path("img");
     h.dump(&w, &img, &[]).assert_ok_for(&w);
@@ -99,13 +105,7 @@ fn pty_pair_in_tree() {
 #[test]
 fn pty_pair_pidns() {
     let mut h = Harness::new("pty_pair_pidns");
-    let w = h.spawn("ttys");
-    assert_eq!(
-        w.tree.len(),
-        TTYS_PROCS,
-        "processes at ready: {:#?}",
-        w.tree
-    );
+    let w = spawn_ttys(&mut h);
     let img = h.path("img");
     h.dump(&w, &img, &[]).assert_ok_for(&w);
     h.reap_dumped_tree(&w);
@@ -121,13 +121,7 @@ fn pty_pair_pidns() {
 #[test]
 fn pty_pair_leave_running() {
     let mut h = Harness::new("pty_pair_leave_running");
-    let w = h.spawn("ttys");
-    assert_eq!(
-        w.tree.len(),
-        TTYS_PROCS,
-        "processes at ready: {:#?}",
-        w.tree
-    );
+    let w = spawn_ttys(&mut h);
     let img = h.path("img");
     h.dump(&w, &img, &["--leave-running"]).assert_ok_for(&w);
     h.assert_tree_as_at_ready(&w);
@@ -161,13 +155,7 @@ fn pty_pair_leave_running() {
 #[test]
 fn pty_pair_failed_dump() {
     let mut h = Harness::new("pty_pair_failed_dump");
-    let w = h.spawn("ttys");
-    assert_eq!(
-        w.tree.len(),
-        TTYS_PROCS,
-        "processes at ready: {:#?}",
-        w.tree
-    );
+    let w = spawn_ttys(&mut h);
     let img = h.path("img");
     let failed = h.dump_env(&w, &img, &[], &[("RCR_FAULT_INJECT", "after-infect")]);
     let line = failed.assert_refused();
