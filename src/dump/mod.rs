@@ -109,7 +109,7 @@ fn dump_frozen(
         .filter(|p| p.zombie.is_none())
         .map(|p| p.pid)
         .collect();
-    file_ids.scan_ttys(&live, options.shell_job)?;
+    file_ids.scan_ttys(&live, options.shell_job);
     let sessions: Vec<(i32, i32, i32)> = frozen
         .processes
         .iter()

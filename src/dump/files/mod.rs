@@ -96,8 +96,10 @@ pub struct FileIds {
     unix: unix::UnixTable,
     /// What the user must be told once the dump is complete (state that is not saved).
     warnings: Vec<String>,
-    /// The ptys of the tree (scanned before the first process is dumped).
-    ttys: tty::TreeTtys,
+    /// The ptys of the tree, scanned at the first pty fd or controlling terminal met (most
+    /// trees have none: no second pass over every fd), and the tree to scan.
+    ttys: Option<tty::TreeTtys>,
+    tty_scope: (Vec<i32>, bool),
     /// Epoll descriptions whose registrations an fd of the tree makes at restore, and those
     /// still without one (with their first fd).
     epolls_registered: HashSet<u64>,
@@ -116,11 +118,19 @@ impl FileIds {
         std::mem::take(&mut self.warnings)
     }
 
-    /// Finds the ptys the frozen tree `pids` has fds on (a slave's master may be in a later
-    /// process); `shell_job`: a terminal outside the tree is the shell's (--shell-job).
-    pub fn scan_ttys(&mut self, pids: &[i32], shell_job: bool) -> Result<()> {
-        self.ttys = tty::TreeTtys::scan(pids, shell_job)?;
-        Ok(())
+    /// Notes the frozen tree `pids` whose pty fds are looked for at the first need (a
+    /// slave's master may be in a later process); `shell_job`: a terminal outside the tree
+    /// is the shell's (--shell-job).
+    pub fn scan_ttys(&mut self, pids: &[i32], shell_job: bool) {
+        self.tty_scope = (pids.to_vec(), shell_job);
+    }
+
+    fn ttys(&mut self) -> Result<&mut tty::TreeTtys> {
+        if self.ttys.is_none() {
+            let (pids, shell_job) = &self.tty_scope;
+            self.ttys = Some(tty::TreeTtys::scan(pids, *shell_job)?);
+        }
+        Ok(self.ttys.as_mut().expect("scanned just now"))
     }
 
     /// The controlling terminal of `pid`; `tree` holds (pid, pgid, sid) of every process.
@@ -130,7 +140,10 @@ impl FileIds {
         stat: &crate::dump::mm::Stat,
         tree: &[(i32, i32, i32)],
     ) -> Result<Option<crate::image::proto::ControllingTty>> {
-        tty::controlling(pid, stat, tree, &mut self.ttys)
+        if stat.field(7) == 0 {
+            return Ok(None);
+        }
+        tty::controlling(pid, stat, tree, self.ttys()?)
     }
 
     /// Once the whole tree is seen: every unix socket's peer is in the tree (or the user said

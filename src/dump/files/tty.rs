@@ -122,7 +122,7 @@ pub(super) fn dump(one: &OneFd, ids: &mut FileIds) -> Result<Option<Tty>> {
     } else {
         return Ok(None);
     };
-    let ttys = &mut ids.ttys;
+    let ttys = ids.ttys()?;
     if !master && link != format!("/dev/pts/{index}") {
         bail!(
             "pid {pid} fd {fd}: terminal {link} is not /dev/pts/{index} (another devpts instance?): not supported"
