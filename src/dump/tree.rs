@@ -155,18 +155,16 @@ fn seize_into(frozen: &mut Frozen, root: i32, root_stat: Stat) -> Result<()> {
     while let Some((pid, stat)) = queue.pop_front() {
         let stat = match stat {
             Some(stat) => stat,
-            None => Stat::read(pid)?,
+            None => match Stat::read(pid) {
+                Ok(stat) => stat,
+                // Exited and reaped at once (its parent ignores SIGCHLD): not in the tree.
+                Err(_) if !pid_exists(pid) => continue,
+                Err(err) => return Err(err),
+            },
         };
         let ppid = stat.field(4) as i32;
         if matches!(stat.state(), 'Z' | 'X') {
-            frozen.processes.push(FrozenProcess {
-                pid,
-                ppid,
-                zombie: Some(stat.field(52) as i32),
-                stat,
-                was_stopped: false,
-                threads: Vec::new(),
-            });
+            frozen.push_zombie(pid, stat, None);
             continue;
         }
         frozen.processes.push(FrozenProcess {
@@ -178,8 +176,11 @@ fn seize_into(frozen: &mut Frozen, root: i32, root_stat: Stat) -> Result<()> {
             threads: Vec::new(),
         });
         let process = frozen.processes.last_mut().unwrap();
+        // A child that exits while the tree is seized is a zombie of its (frozen) parent
+        // now, recorded as one (with the wait status rcr collected as its tracer, if it did).
+        let mut ended: Option<Option<i32>> = None;
         // Threads may be created until every thread is frozen: rescan until stable.
-        loop {
+        'threads: loop {
             let mut new = 0;
             for tid in tids(pid) {
                 if process.threads.iter().any(|t| t.tid == tid) {
@@ -188,13 +189,28 @@ fn seize_into(frozen: &mut Frozen, root: i32, root_stat: Stat) -> Result<()> {
                 if let Some(tracer) = tracer_of(tid) {
                     bail!("pid {tid}: is being traced by pid {tracer}");
                 }
-                let seized = match pt::seize(tid) {
-                    Ok(seized) => seized,
+                let seized = match pt::seize_or_end(tid) {
+                    Ok(pt::Seizing::Stopped(seized)) => seized,
+                    // A child that exits while the tree is seized is a zombie of its (frozen)
+                    // parent now, recorded as one; gone if its parent does not wait.
+                    Ok(pt::Seizing::Ended(status)) if tid == pid && pid != root => {
+                        ended = Some(Some(status));
+                        break 'threads;
+                    }
                     // A thread that exited meanwhile is simply gone.
+                    Ok(pt::Seizing::Ended(_)) if tid != pid => continue,
+                    Ok(pt::Seizing::Ended(status)) => {
+                        bail!("pid {pid}: exited while being seized (wait status {status:#x})")
+                    }
                     Err(_)
                         if !std::path::Path::new(&format!("/proc/{pid}/task/{tid}")).exists() =>
                     {
                         continue;
+                    }
+                    // The seize came too late: a zombie already (or reaped meanwhile).
+                    Err(_) if tid == pid && pid != root && is_zombie_or_gone(pid) => {
+                        ended = Some(None);
+                        break 'threads;
                     }
                     Err(err) => return Err(err),
                 };
@@ -216,6 +232,14 @@ fn seize_into(frozen: &mut Frozen, root: i32, root_stat: Stat) -> Result<()> {
                 break;
             }
         }
+        if let Some(status) = ended {
+            frozen.processes.pop();
+            // Gone if its parent does not wait for children (reaped as it exited).
+            if let Ok(stat) = Stat::read(pid) {
+                frozen.push_zombie(pid, stat, status);
+            }
+            continue;
+        }
         if process.threads.is_empty() {
             bail!("pid {pid}: exited while being seized");
         }
@@ -231,6 +255,15 @@ fn seize_into(frozen: &mut Frozen, root: i32, root_stat: Stat) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn pid_exists(pid: i32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Whether the process `pid` has exited (a zombie, or reaped already).
+fn is_zombie_or_gone(pid: i32) -> bool {
+    Stat::read(pid).map_or(true, |stat| matches!(stat.state(), 'Z' | 'X'))
 }
 
 /// A seized process in a group stop re-enters the stop whenever it is resumed, so the
@@ -258,6 +291,18 @@ fn end_group_stop(process: &FrozenProcess) -> Result<()> {
 }
 
 impl Frozen {
+    /// Records a zombie: its wait status as rcr collected it, or as /proc shows it.
+    fn push_zombie(&mut self, pid: i32, stat: Stat, status: Option<i32>) {
+        self.processes.push(FrozenProcess {
+            pid,
+            ppid: stat.field(4) as i32,
+            zombie: Some(status.unwrap_or(stat.field(52) as i32)),
+            stat,
+            was_stopped: false,
+            threads: Vec::new(),
+        });
+    }
+
     /// Blocks every signal but SIGTRAP in every thread while rcr works inside the tree,
     /// keeping the original masks to put back.
     pub fn mask_signals(&mut self, mask: u64) -> Result<()> {
@@ -289,6 +334,8 @@ impl Frozen {
             for process in self.processes.iter().filter(|p| p.zombie.is_none()) {
                 let _ = kill(pt::pid(process.pid), Signal::SIGKILL);
             }
+            self.wait_killed();
+            return;
         }
         for process in &self.processes {
             let stop = match how {
@@ -298,6 +345,20 @@ impl Frozen {
             };
             for thread in &process.threads {
                 let _ = pt::detach(thread.tid, stop && thread.tid == process.pid);
+            }
+        }
+    }
+
+    /// After SIGKILL: waits, as their tracer, until every thread of the tree has exited, so
+    /// that their files (a listener's socket, a lock) are released and their pids are held
+    /// by zombies at most when rcr returns. Threads before their leader: a leader's exit is
+    /// reported once its other threads are reaped.
+    fn wait_killed(&self) {
+        for process in &self.processes {
+            for thread in process.threads.iter().rev() {
+                // Stops queued before the kill come first; an error means it is not ours
+                // to wait for any more.
+                while let Ok(pt::Waited::Stop(_)) = pt::wait_stop_or_end(thread.tid) {}
             }
         }
     }
