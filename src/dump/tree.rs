@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::fs;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use nix::sys::signal::{Signal, kill};
@@ -10,6 +11,7 @@ use nix::sys::signal::{Signal, kill};
 use super::mm::Stat;
 use super::task;
 use crate::image::proto::{PsTree, PsTreeEntry};
+use crate::log;
 use crate::ptrace::{self as pt, Regs};
 use crate::sys;
 
@@ -334,7 +336,12 @@ impl Frozen {
             for process in self.processes.iter().filter(|p| p.zombie.is_none()) {
                 let _ = kill(pt::pid(process.pid), Signal::SIGKILL);
             }
+            let killed = Instant::now();
             self.wait_killed();
+            log::debug(&format!(
+                "the killed tree exited within {:?} of SIGKILL",
+                killed.elapsed()
+            ));
             return;
         }
         for process in &self.processes {
@@ -352,13 +359,38 @@ impl Frozen {
     /// After SIGKILL: waits, as their tracer, until every thread of the tree has exited, so
     /// that their files (a listener's socket, a lock) are released and their pids are held
     /// by zombies at most when rcr returns. Threads before their leader: a leader's exit is
-    /// reported once its other threads are reaped.
+    /// reported once its other threads are reaped. Bounded (a task stuck in an
+    /// uninterruptible sleep does not hang the dump): 10 s, then a warning.
     fn wait_killed(&self) {
+        use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+        let deadline = Instant::now() + Duration::from_secs(10);
         for process in &self.processes {
             for thread in process.threads.iter().rev() {
-                // Stops queued before the kill come first; an error means it is not ours
-                // to wait for any more.
-                while let Ok(pt::Waited::Stop(_)) = pt::wait_stop_or_end(thread.tid) {}
+                let mut pause = Duration::from_micros(20);
+                loop {
+                    match waitpid(
+                        pt::pid(thread.tid),
+                        Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL),
+                    ) {
+                        Ok(WaitStatus::StillAlive) => {}
+                        // A stop reported before the kill: its end comes next.
+                        Ok(WaitStatus::Stopped(..) | WaitStatus::PtraceEvent(..))
+                        | Ok(WaitStatus::PtraceSyscall(..))
+                        | Ok(WaitStatus::Continued(..)) => continue,
+                        // Ended, or not ours to wait for any more.
+                        Ok(_) | Err(_) => break,
+                    }
+                    if Instant::now() > deadline {
+                        log::warn(&format!(
+                            "pid {}: not dead 10 s after SIGKILL (state {}); its files may still be open",
+                            thread.tid,
+                            Stat::read(thread.tid).map_or('?', |s| s.state())
+                        ));
+                        return;
+                    }
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(5));
+                }
             }
         }
     }
