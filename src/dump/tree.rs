@@ -237,8 +237,16 @@ fn seize_into(frozen: &mut Frozen, root: i32, root_stat: Stat) -> Result<()> {
         if let Some(status) = ended {
             frozen.processes.pop();
             // Gone if its parent does not wait for children (reaped as it exited).
-            if let Ok(stat) = Stat::read(pid) {
-                frozen.push_zombie(pid, stat, status);
+            match Stat::read(pid) {
+                Ok(stat) => {
+                    log::info(&format!(
+                        "pid {pid}: exited while the tree was seized: recorded as a zombie"
+                    ));
+                    frozen.push_zombie(pid, stat, status);
+                }
+                Err(_) => log::info(&format!(
+                    "pid {pid}: exited while the tree was seized and was reaped: not in the tree"
+                )),
             }
             continue;
         }
