@@ -79,6 +79,11 @@ enum Command {
         /// place of the one it had, in rcr's session, in the foreground if it was.
         #[arg(long)]
         shell_job: bool,
+        /// Wait up to SECS for the tree's pids to be freed when zombies hold them (a dumped
+        /// tree its parent has not reaped yet); 0: refuse at once. A pid held by a live
+        /// process is refused at once.
+        #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+        pid_wait: f64,
     },
     /// Show which kernel features rcr needs and whether this machine has them.
     Check,
@@ -134,7 +139,11 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             pidns,
             ignore_file_size,
             shell_job,
+            pid_wait,
         } => {
+            if !(0.0..=86400.0).contains(&pid_wait) {
+                anyhow::bail!("--pid-wait {pid_wait}: expected seconds from 0 to 86400");
+            }
             let code = rcr::restore::restore(&RestoreOptions {
                 dir,
                 detach,
@@ -142,6 +151,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 pidns,
                 ignore_file_size,
                 shell_job,
+                pid_wait: std::time::Duration::from_secs_f64(pid_wait),
             })?;
             Ok(code.clamp(0, 255) as u8)
         }

@@ -16,7 +16,8 @@
 //! only the root process writes ready and prints PASS/FAIL, after every process or thread
 //! checked itself; their maps comparison tolerates VMA merging, see maps.rs): `tree`,
 //! `shared`, `manyprocs N` (N processes in all), `threads`, `manythreads N` (N threads
-//! besides the main one). RCR_WORKLOAD_TIMEOUT_SECS (default 60) bounds how long a root
+//! besides the main one), `churn` (children that keep exiting and being replaced, see
+//! churn.rs). RCR_WORKLOAD_TIMEOUT_SECS (default 60) bounds how long a root
 //! waits after go for its children's results or its threads.
 //!
 //! `taskstate` (see taskstate.rs; must start as root): one process, two threads, with
@@ -54,6 +55,8 @@
 // own directory, and files directly in src/bin/ would become binaries).
 #[path = "rcr-workload/blocking.rs"]
 mod blocking;
+#[path = "rcr-workload/churn.rs"]
+mod churn;
 #[path = "rcr-workload/epoll.rs"]
 mod epoll;
 #[path = "rcr-workload/files.rs"]
@@ -389,6 +392,7 @@ fn multi_scenario(name: &str) -> Option<MultiRun> {
         "memfd" => |ctx, bufs, _| files::memfd(ctx, bufs),
         "epollshared" => |ctx, bufs, _| epoll::epollshared(ctx, bufs),
         "unixtree" => |ctx, bufs, _| unix::unixtree(ctx, bufs),
+        "churn" => |ctx, bufs, _| churn::churn(ctx, bufs),
         "ttys" => |ctx, bufs, _| tty::ttys(ctx, bufs),
         _ => return None,
     })

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::fs;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use nix::sys::signal::{Signal, kill};
@@ -10,6 +11,7 @@ use nix::sys::signal::{Signal, kill};
 use super::mm::Stat;
 use super::task;
 use crate::image::proto::{PsTree, PsTreeEntry};
+use crate::log;
 use crate::ptrace::{self as pt, Regs};
 use crate::sys;
 
@@ -155,18 +157,16 @@ fn seize_into(frozen: &mut Frozen, root: i32, root_stat: Stat) -> Result<()> {
     while let Some((pid, stat)) = queue.pop_front() {
         let stat = match stat {
             Some(stat) => stat,
-            None => Stat::read(pid)?,
+            None => match Stat::read(pid) {
+                Ok(stat) => stat,
+                // Exited and reaped at once (its parent ignores SIGCHLD): not in the tree.
+                Err(_) if !pid_exists(pid) => continue,
+                Err(err) => return Err(err),
+            },
         };
         let ppid = stat.field(4) as i32;
         if matches!(stat.state(), 'Z' | 'X') {
-            frozen.processes.push(FrozenProcess {
-                pid,
-                ppid,
-                zombie: Some(stat.field(52) as i32),
-                stat,
-                was_stopped: false,
-                threads: Vec::new(),
-            });
+            frozen.push_zombie(pid, stat, None);
             continue;
         }
         frozen.processes.push(FrozenProcess {
@@ -178,8 +178,11 @@ fn seize_into(frozen: &mut Frozen, root: i32, root_stat: Stat) -> Result<()> {
             threads: Vec::new(),
         });
         let process = frozen.processes.last_mut().unwrap();
+        // A child that exits while the tree is seized is a zombie of its (frozen) parent
+        // now, recorded as one (with the wait status rcr collected as its tracer, if it did).
+        let mut ended: Option<Option<i32>> = None;
         // Threads may be created until every thread is frozen: rescan until stable.
-        loop {
+        'threads: loop {
             let mut new = 0;
             for tid in tids(pid) {
                 if process.threads.iter().any(|t| t.tid == tid) {
@@ -188,13 +191,28 @@ fn seize_into(frozen: &mut Frozen, root: i32, root_stat: Stat) -> Result<()> {
                 if let Some(tracer) = tracer_of(tid) {
                     bail!("pid {tid}: is being traced by pid {tracer}");
                 }
-                let seized = match pt::seize(tid) {
-                    Ok(seized) => seized,
+                let seized = match pt::seize_or_end(tid) {
+                    Ok(pt::Seizing::Stopped(seized)) => seized,
+                    // A child that exits while the tree is seized is a zombie of its (frozen)
+                    // parent now, recorded as one; gone if its parent does not wait.
+                    Ok(pt::Seizing::Ended(status)) if tid == pid && pid != root => {
+                        ended = Some(Some(status));
+                        break 'threads;
+                    }
                     // A thread that exited meanwhile is simply gone.
+                    Ok(pt::Seizing::Ended(_)) if tid != pid => continue,
+                    Ok(pt::Seizing::Ended(status)) => {
+                        bail!("pid {pid}: exited while being seized (wait status {status:#x})")
+                    }
                     Err(_)
                         if !std::path::Path::new(&format!("/proc/{pid}/task/{tid}")).exists() =>
                     {
                         continue;
+                    }
+                    // The seize came too late: a zombie already (or reaped meanwhile).
+                    Err(_) if tid == pid && pid != root && is_zombie_or_gone(pid) => {
+                        ended = Some(None);
+                        break 'threads;
                     }
                     Err(err) => return Err(err),
                 };
@@ -216,6 +234,22 @@ fn seize_into(frozen: &mut Frozen, root: i32, root_stat: Stat) -> Result<()> {
                 break;
             }
         }
+        if let Some(status) = ended {
+            frozen.processes.pop();
+            // Gone if its parent does not wait for children (reaped as it exited).
+            match Stat::read(pid) {
+                Ok(stat) => {
+                    log::info(&format!(
+                        "pid {pid}: exited while the tree was seized: recorded as a zombie"
+                    ));
+                    frozen.push_zombie(pid, stat, status);
+                }
+                Err(_) => log::info(&format!(
+                    "pid {pid}: exited while the tree was seized and was reaped: not in the tree"
+                )),
+            }
+            continue;
+        }
         if process.threads.is_empty() {
             bail!("pid {pid}: exited while being seized");
         }
@@ -231,6 +265,15 @@ fn seize_into(frozen: &mut Frozen, root: i32, root_stat: Stat) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn pid_exists(pid: i32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Whether the process `pid` has exited (a zombie, or reaped already).
+fn is_zombie_or_gone(pid: i32) -> bool {
+    Stat::read(pid).map_or(true, |stat| matches!(stat.state(), 'Z' | 'X'))
 }
 
 /// A seized process in a group stop re-enters the stop whenever it is resumed, so the
@@ -258,6 +301,18 @@ fn end_group_stop(process: &FrozenProcess) -> Result<()> {
 }
 
 impl Frozen {
+    /// Records a zombie: its wait status as rcr collected it, or as /proc shows it.
+    fn push_zombie(&mut self, pid: i32, stat: Stat, status: Option<i32>) {
+        self.processes.push(FrozenProcess {
+            pid,
+            ppid: stat.field(4) as i32,
+            zombie: Some(status.unwrap_or(stat.field(52) as i32)),
+            stat,
+            was_stopped: false,
+            threads: Vec::new(),
+        });
+    }
+
     /// Blocks every signal but SIGTRAP in every thread while rcr works inside the tree,
     /// keeping the original masks to put back.
     pub fn mask_signals(&mut self, mask: u64) -> Result<()> {
@@ -289,6 +344,13 @@ impl Frozen {
             for process in self.processes.iter().filter(|p| p.zombie.is_none()) {
                 let _ = kill(pt::pid(process.pid), Signal::SIGKILL);
             }
+            let killed = Instant::now();
+            self.wait_killed();
+            log::debug(&format!(
+                "the killed tree exited within {:?} of SIGKILL",
+                killed.elapsed()
+            ));
+            return;
         }
         for process in &self.processes {
             let stop = match how {
@@ -298,6 +360,45 @@ impl Frozen {
             };
             for thread in &process.threads {
                 let _ = pt::detach(thread.tid, stop && thread.tid == process.pid);
+            }
+        }
+    }
+
+    /// After SIGKILL: waits, as their tracer, until every thread of the tree has exited, so
+    /// that their files (a listener's socket, a lock) are released and their pids are held
+    /// by zombies at most when rcr returns. Threads before their leader: a leader's exit is
+    /// reported once its other threads are reaped. Bounded (a task stuck in an
+    /// uninterruptible sleep does not hang the dump): 10 s, then a warning.
+    fn wait_killed(&self) {
+        use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for process in &self.processes {
+            for thread in process.threads.iter().rev() {
+                let mut pause = Duration::from_micros(20);
+                loop {
+                    match waitpid(
+                        pt::pid(thread.tid),
+                        Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL),
+                    ) {
+                        Ok(WaitStatus::StillAlive) => {}
+                        // A stop reported before the kill: its end comes next.
+                        Ok(WaitStatus::Stopped(..) | WaitStatus::PtraceEvent(..))
+                        | Ok(WaitStatus::PtraceSyscall(..))
+                        | Ok(WaitStatus::Continued(..)) => continue,
+                        // Ended, or not ours to wait for any more.
+                        Ok(_) | Err(_) => break,
+                    }
+                    if Instant::now() > deadline {
+                        log::warn(&format!(
+                            "pid {}: not dead 10 s after SIGKILL (state {}); its files may still be open",
+                            thread.tid,
+                            Stat::read(thread.tid).map_or('?', |s| s.state())
+                        ));
+                        return;
+                    }
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(5));
+                }
             }
         }
     }

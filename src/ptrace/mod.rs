@@ -34,23 +34,52 @@ pub fn pid(tid: i32) -> Pid {
 
 /// Waits for the next stop of `tid`; an exit is an error.
 pub fn wait_stop(tid: i32) -> Result<Stop> {
+    match wait_stop_or_end(tid)? {
+        Waited::Stop(stop) => Ok(stop),
+        Waited::Ended(status) => bail!("pid {tid} {}", describe_end(status)),
+    }
+}
+
+/// What waitpid reported of a tracee: a stop, or its end (the wait status, as a zombie
+/// shows it in /proc/PID/stat: code << 8, or the signal | 0x80 with a core dump).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waited {
+    Stop(Stop),
+    Ended(i32),
+}
+
+fn describe_end(status: i32) -> String {
+    if status & 0x7f == 0 {
+        format!("exited with status {}", status >> 8)
+    } else {
+        match Signal::try_from(status & 0x7f) {
+            Ok(sig) => format!("was killed by {sig}"),
+            Err(_) => format!("was killed by signal {}", status & 0x7f),
+        }
+    }
+}
+
+/// Waits for the next stop of `tid`, or its end.
+pub fn wait_stop_or_end(tid: i32) -> Result<Waited> {
     loop {
         let status = waitpid(pid(tid), Some(WaitPidFlag::__WALL))
             .with_context(|| format!("waitpid {tid}"))?;
-        return match status {
-            WaitStatus::PtraceEvent(_, sig, PTRACE_EVENT_STOP) => Ok(Stop::Event(sig)),
+        return Ok(match status {
+            WaitStatus::PtraceEvent(_, sig, PTRACE_EVENT_STOP) => Waited::Stop(Stop::Event(sig)),
             WaitStatus::PtraceEvent(_, _, event) => {
                 // Another ptrace event (none are enabled): let it go on.
                 log::debug(&format!("pid {tid}: ignoring ptrace event {event}"));
                 ptrace::cont(pid(tid), None)?;
                 continue;
             }
-            WaitStatus::PtraceSyscall(_) => Ok(Stop::Syscall),
-            WaitStatus::Stopped(_, sig) => Ok(Stop::Signal(sig)),
-            WaitStatus::Exited(_, code) => bail!("pid {tid} exited with status {code}"),
-            WaitStatus::Signaled(_, sig, _) => bail!("pid {tid} was killed by {sig}"),
+            WaitStatus::PtraceSyscall(_) => Waited::Stop(Stop::Syscall),
+            WaitStatus::Stopped(_, sig) => Waited::Stop(Stop::Signal(sig)),
+            WaitStatus::Exited(_, code) => Waited::Ended((code & 0xff) << 8),
+            WaitStatus::Signaled(_, sig, core) => {
+                Waited::Ended(sig as i32 | if core { 0x80 } else { 0 })
+            }
             other => bail!("pid {tid}: unexpected wait status {other:?}"),
-        };
+        });
     }
 }
 
@@ -64,20 +93,44 @@ pub struct Seized {
 /// PTRACE_SEIZE + PTRACE_INTERRUPT, and wait until the task is in the interrupt stop.
 /// Signals that arrive first are delivered as they would have been without us.
 pub fn seize(tid: i32) -> Result<Seized> {
+    match seize_or_end(tid)? {
+        Seizing::Stopped(seized) => Ok(seized),
+        Seizing::Ended(status) => bail!("pid {tid} {} while being seized", describe_end(status)),
+    }
+}
+
+/// What came of seizing a task that may be exiting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seizing {
+    Stopped(Seized),
+    /// It exited before it could stop: its wait status, collected by rcr as its tracer (it
+    /// is now its parent's zombie, or gone if its parent does not wait for children).
+    Ended(i32),
+}
+
+/// Like [`seize`], for a task that may exit meanwhile: its end is an outcome, not an error.
+/// An error (e.g. the task is a zombie already, or gone) leaves it untraced.
+pub fn seize_or_end(tid: i32) -> Result<Seizing> {
     ptrace::seize(pid(tid), ptrace::Options::PTRACE_O_TRACESYSGOOD)
         .with_context(|| format!("cannot seize pid {tid}"))?;
-    ptrace::interrupt(pid(tid)).with_context(|| format!("cannot interrupt pid {tid}"))?;
+    if let Err(err) = ptrace::interrupt(pid(tid)) {
+        // Only a task that is exiting cannot be interrupted once seized: its end comes next.
+        if err != nix::errno::Errno::ESRCH {
+            return Err(err).with_context(|| format!("cannot interrupt pid {tid}"));
+        }
+    }
     loop {
-        match wait_stop(tid)? {
-            Stop::Event(sig) => {
+        match wait_stop_or_end(tid)? {
+            Waited::Stop(Stop::Event(sig)) => {
                 let was_stopped = matches!(
                     sig,
                     Signal::SIGSTOP | Signal::SIGTSTP | Signal::SIGTTIN | Signal::SIGTTOU
                 );
-                return Ok(Seized { was_stopped });
+                return Ok(Seizing::Stopped(Seized { was_stopped }));
             }
-            Stop::Signal(sig) => ptrace::cont(pid(tid), Some(sig))?,
-            Stop::Syscall => ptrace::cont(pid(tid), None)?,
+            Waited::Stop(Stop::Signal(sig)) => ptrace::cont(pid(tid), Some(sig))?,
+            Waited::Stop(Stop::Syscall) => ptrace::cont(pid(tid), None)?,
+            Waited::Ended(status) => return Ok(Seizing::Ended(status)),
         }
     }
 }

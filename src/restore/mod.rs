@@ -45,6 +45,9 @@ pub struct RestoreOptions {
     /// A job dumped with --shell-job: its fds on the external terminal become rcr's
     /// terminal (stdin), it joins rcr's session and gets the foreground if it had it.
     pub shell_job: bool,
+    /// How long to wait for pids of the tree held by zombies (not yet reaped by their
+    /// parent) to be freed.
+    pub pid_wait: std::time::Duration,
 }
 
 /// How the tree's pids (as the images have them) are seen from rcr: the same numbers, or,
@@ -213,7 +216,7 @@ pub fn restore(options: &RestoreOptions) -> Result<i32> {
         }
     }
     files::tty::check(&processes, options.shell_job)?;
-    let (pid, waited) = restore_tree(&images, &processes, options.pidns, options.shell_job)?;
+    let (pid, waited) = restore_tree(&images, &processes, options)?;
     log::info(&format!(
         "pid {pid}: restored {} processes in {:.1} ms",
         processes.len(),
@@ -405,9 +408,9 @@ fn raise_nofile_limit() {
 fn restore_tree(
     images: &ImageDir,
     processes: &[ProcessImages],
-    pidns: bool,
-    shell_job: bool,
+    options: &RestoreOptions,
 ) -> Result<(i32, i32)> {
+    let (pidns, shell_job) = (options.pidns, options.shell_job);
     raise_nofile_limit();
     let current_layout = read_maps(std::process::id() as i32)?;
     let mut all_services = Vec::new();
@@ -509,20 +512,36 @@ fn restore_tree(
         plans[parent].children.push(index);
     }
     let (init_read, init_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let (restored_read, restored_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let (ack_read, ack_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let init_pipes = tree::InitPipes {
+        report: files::hold_above(init_write, floor)?,
+        restored_read: files::hold_above(restored_read, floor)?,
+        restored_write: files::hold_above(restored_write, floor)?,
+        ack_read: files::hold_above(ack_read, floor)?,
+        ack_write: files::hold_above(ack_write, floor)?,
+    };
     let init_read = files::hold_above(init_read, floor)?;
-    let init_write = files::hold_above(init_write, floor)?;
     let (child, pids) = if pidns {
-        let init = tree::create_in_new_namespace(&plans, &init_write)?;
+        let init = tree::create_in_new_namespace(&plans, &init_pipes)?;
         let pids = PidMap {
             init: Some(init),
             outer: Default::default(),
         };
         (init, pids)
     } else {
-        (tree::create(&plans)?, PidMap::identity())
+        (tree::create(&plans, options.pid_wait)?, PidMap::identity())
     };
     // Only the new processes hold the write ends now: a dead one shows as end of file.
+    let tree::InitPipes {
+        report: init_write,
+        restored_write,
+        ack_read,
+        ack_write,
+        ..
+    } = init_pipes;
     drop(init_write);
+    drop(ack_write);
     for plan in &mut plans {
         plan.report_write = None;
     }
@@ -594,6 +613,17 @@ fn restore_tree(
                     pt::detach(pids.outer(thread.tid)?, stop)?;
                 }
             }
+            if pidns {
+                // The init stays from now on, also when rcr is gone (--detach): once it says
+                // so, rcr may exit.
+                let mut ack = [0u8; 1];
+                let told = nix::unistd::write(&restored_write, &[1])
+                    .and_then(|_| nix::unistd::read(&ack_read, &mut ack));
+                if told != Ok(1) {
+                    kill_all();
+                    bail!("the init of the new pid namespace is gone ({told:?})");
+                }
+            }
             Ok((root, child))
         }
         Err(err) => {
@@ -653,10 +683,12 @@ fn rebuild(pid: i32, live: &LiveImages, services: &Services, pids: &PidMap) -> R
         task::restore_in_task(&mut steps, &live.core, &live.fds)?;
         task::restore_thread_in_task(&mut steps, &live.core, leader)?;
         steps.room(1, 0)?;
+        // Everything above the process' own fds: the services, and the pipe it reported
+        // on, which it may not have closed yet when it was seized.
         steps.add(
             "close the restorer's fds",
             libc::SYS_close_range,
-            &[services.first as u64, services.last as u64, 0],
+            &[services.first as u64, u64::from(u32::MAX), 0],
         );
         task::create_threads(&mut steps, &live.core)?;
         steps.flush()?;

@@ -5,12 +5,14 @@
 
 use std::fs::File;
 use std::io::Read;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 
 use super::files::Move;
 use crate::image::proto::PsTreeEntry;
+use crate::log;
 use crate::sys::{child, clone3};
 
 /// What one new process does before it is seized, all decided by rcr beforehand.
@@ -44,6 +46,11 @@ fn report(fd: i32, errno: u8, pid: u32) {
 
 /// Says who holds `pid`, for the error when it is taken.
 pub fn pid_holder(pid: u32) -> Option<String> {
+    holder(pid).map(|(who, _)| who)
+}
+
+/// Who holds `pid`, and whether it is a zombie (which goes once its parent reaps it).
+fn holder(pid: u32) -> Option<(String, bool)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let comm = stat.split(['(', ')']).nth(1).unwrap_or("?").to_owned();
     let after = &stat[stat.rfind(')')? + 1..];
@@ -51,18 +58,22 @@ pub fn pid_holder(pid: u32) -> Option<String> {
     let state = fields.next()?;
     let ppid = fields.next()?;
     Some(if state == "Z" {
-        format!("an unreaped zombie ({comm}) of parent {ppid}")
+        (
+            format!("an unreaped zombie ({comm}) of parent {ppid}"),
+            true,
+        )
     } else {
-        comm
+        (comm, false)
     })
 }
 
 /// Creates the whole tree; returns when every process has placed its fds and waits to be
 /// seized (zombies have exited). Returns the root's pid.
-pub fn create(plans: &[ChildPlan]) -> Result<i32> {
-    check_pids_free(plans)?;
+pub fn create(plans: &[ChildPlan], pid_wait: Duration) -> Result<i32> {
+    check_pids_free(plans, pid_wait)?;
+    set_report_close_delay();
     let root = &plans[0];
-    let created = clone3::clone_with_pid(root.entry.pid as i32, || run_process(plans, 0));
+    let created = clone_pid(root.entry.pid as i32, || run_process(plans, 0));
     match created {
         Ok(pid) => Ok(pid),
         Err(err) if err.raw_os_error() == Some(libc::EEXIST) => {
@@ -72,17 +83,52 @@ pub fn create(plans: &[ChildPlan]) -> Result<i32> {
     }
 }
 
+/// The pipes between rcr and the init of a new pid namespace.
+pub struct InitPipes {
+    /// The init relays the root's report on it.
+    pub report: OwnedFd,
+    /// rcr writes one byte on it once the tree is restored: from then on the init no longer
+    /// dies with rcr (it would take the namespace with it), so the tree outlives
+    /// `rcr restore --detach`, or an rcr that is killed.
+    pub restored_read: OwnedFd,
+    pub restored_write: OwnedFd,
+    /// The init answers one byte on it once it no longer dies with rcr.
+    pub ack_read: OwnedFd,
+    pub ack_write: OwnedFd,
+}
+
 /// Like [`create`], inside a new PID namespace whose init is a small rcr process: the tree
 /// keeps its original pids inside, so nothing outside can collide with them. The init relays
-/// the root's report on `init_report`, reaps orphans, and exits with the root's status when
-/// the root exits (which ends the namespace). Returns the init's pid (outside).
-pub fn create_in_new_namespace(plans: &[ChildPlan], init_report: &OwnedFd) -> Result<i32> {
-    let report_fd = init_report.as_raw_fd();
-    clone3::clone_into_new_pid_namespace(|| run_init(plans, report_fd))
+/// the root's report, dies with rcr until rcr says the tree is restored, reaps orphans, and
+/// exits with the root's status when the root exits (which ends the namespace). Returns the
+/// init's pid (outside).
+pub fn create_in_new_namespace(plans: &[ChildPlan], pipes: &InitPipes) -> Result<i32> {
+    set_report_close_delay();
+    let fds = (
+        pipes.report.as_raw_fd(),
+        pipes.restored_read.as_raw_fd(),
+        pipes.ack_write.as_raw_fd(),
+    );
+    clone3::clone_into_new_pid_namespace(|| run_init(plans, fds))
         .map_err(|err| anyhow::anyhow!("cannot create a pid namespace: {err}"))
 }
 
-fn run_init(plans: &[ChildPlan], report_fd: i32) -> i32 {
+/// Test hook: `RCR_TEST_REPORT_CLOSE_DELAY_MS=N` makes every new process wait N ms between
+/// its report and closing its report pipe, so that rcr seizes it in between (the race a
+/// restored process must not lose: it must never keep that fd). Read by rcr before it
+/// clones (the children read the copy).
+static REPORT_CLOSE_DELAY_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn set_report_close_delay() {
+    if let Some(ms) = std::env::var("RCR_TEST_REPORT_CLOSE_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        REPORT_CLOSE_DELAY_MS.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+fn run_init(plans: &[ChildPlan], (report_fd, restored_read, ack_write): (i32, i32, i32)) -> i32 {
     let root = &plans[0];
     let root_pid = root.entry.pid;
     if let Err(err) = child::set_pdeathsig(libc::SIGKILL).and_then(|()| mount_own_proc()) {
@@ -111,6 +157,27 @@ fn run_init(plans: &[ChildPlan], report_fd: i32) -> i32 {
         return 1;
     }
     let _ = child::write_all(report_fd, &bytes);
+    // Until rcr says the tree is restored, the init dies with rcr (pdeathsig); after that
+    // it stays, whether rcr waits for it or not. End of file: rcr failed (it kills the init).
+    // Nothing of rcr's stays open in the init (rcr reads the report pipe to its end) but
+    // the pipes on which rcr says the tree is restored and the init answers.
+    let mut next = 0;
+    let mut keep = [restored_read as u32, ack_write as u32];
+    keep.sort_unstable();
+    for fd in keep {
+        if fd > next {
+            let _ = child::close_range(next, fd - 1);
+        }
+        next = fd + 1;
+    }
+    let _ = child::close_range(next, u32::MAX);
+    let mut restored = [0u8; 1];
+    if !matches!(child::read(restored_read, &mut restored), Ok(1)) {
+        return 1;
+    }
+    if child::set_pdeathsig(0).is_err() || child::write_all(ack_write, &[1]).is_err() {
+        return 1;
+    }
     let _ = child::close_range(0, u32::MAX);
     loop {
         match nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(-1), None) {
@@ -153,15 +220,83 @@ fn mount_own_proc() -> std::io::Result<()> {
     Ok(())
 }
 
-fn check_pids_free(plans: &[ChildPlan]) -> Result<()> {
-    for plan in plans {
-        for pid in std::iter::once(plan.entry.pid).chain(plan.entry.threads.iter().copied()) {
-            if let Some(holder) = pid_holder(pid) {
-                bail!("pid {pid} is already in use by {holder}");
+/// Every pid and tid of the tree must be free. One held by a zombie (a dumped process its
+/// parent has not reaped yet: right after `rcr dump`, it often is) is waited for, up to
+/// `wait`; one held by a live process is refused at once.
+fn check_pids_free(plans: &[ChildPlan], wait: Duration) -> Result<()> {
+    let deadline = Instant::now() + wait;
+    let pids: Vec<u32> = plans
+        .iter()
+        .flat_map(|p| std::iter::once(p.entry.pid).chain(p.entry.threads.iter().copied()))
+        .collect();
+    let mut announced = std::collections::BTreeSet::new();
+    loop {
+        let mut zombie = None;
+        for &pid in &pids {
+            match holder(pid) {
+                None => {}
+                Some((who, false)) => bail!("pid {pid} is already in use by {who}"),
+                Some((who, true)) => {
+                    zombie.get_or_insert((pid, who));
+                }
             }
         }
+        let Some((pid, who)) = zombie else {
+            return Ok(());
+        };
+        if Instant::now() >= deadline {
+            if wait.is_zero() {
+                bail!("pid {pid} is already in use by {who}");
+            }
+            bail!(
+                "pid {pid} is still in use by {who} after {} s (--pid-wait SECS waits longer)",
+                wait.as_secs_f64()
+            );
+        }
+        if announced.insert(pid) {
+            log::info(&format!(
+                "pid {pid} is held by {who}: waiting up to {:.1} s for it to be reaped",
+                deadline
+                    .saturating_duration_since(Instant::now())
+                    .as_secs_f64()
+            ));
+        }
+        wait_reaped(pid, deadline);
     }
-    Ok(())
+}
+
+/// clone3 with the pid `pid`. EEXIST is tried again for up to 200 ms: the pid of a zombie
+/// reaped a moment ago is released a little after /proc stops showing it.
+fn clone_pid(pid: i32, child: impl Fn() -> i32) -> std::io::Result<i32> {
+    let mut tries = 0;
+    loop {
+        match clone3::clone_with_pid(pid, &child) {
+            Err(err) if err.raw_os_error() == Some(libc::EEXIST) && tries < 200 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Returns once `pid` is reaped (or at `deadline`): a pidfd of a zombie reports POLLHUP when
+/// it is reaped; a pid that has no pidfd (a thread) is looked at in /proc every 10 ms.
+fn wait_reaped(pid: u32, deadline: Instant) {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let left = deadline.saturating_duration_since(Instant::now());
+    match crate::sys::pidfd::pidfd_open(pid as i32) {
+        Ok(pidfd) => {
+            // No events asked for: only POLLHUP (reaped) ends the wait.
+            let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::empty())];
+            let ms = left.as_millis().min(i32::MAX as u128) as i32;
+            let _ = poll(
+                &mut fds,
+                PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
+            );
+        }
+        Err(_) => std::thread::sleep(left.min(Duration::from_millis(10))),
+    }
 }
 
 /// Waits for the root's report. rcr must have closed its copies of every report pipe's write
@@ -217,6 +352,11 @@ fn run_process(plans: &[ChildPlan], index: usize) -> i32 {
         child::exit_like(plan.entry.exit_status);
     }
     report(report_fd, 0, pid);
+    let delay = REPORT_CLOSE_DELAY_MS.load(std::sync::atomic::Ordering::Relaxed);
+    if delay > 0 {
+        std::thread::sleep(Duration::from_millis(delay));
+    }
+    // rcr may seize the process before this (it closes the fd then, with its own).
     let _ = child::close_range(report_fd as u32, report_fd as u32);
     child::pause_forever()
 }
@@ -256,7 +396,7 @@ fn prepare(plans: &[ChildPlan], index: usize) -> std::result::Result<(), Failure
     for &child_index in &plan.children {
         let child_plan = &plans[child_index];
         let child_pid = child_plan.entry.pid;
-        clone3::clone_with_pid(child_pid as i32, || run_process(plans, child_index))
+        clone_pid(child_pid as i32, || run_process(plans, child_index))
             .map_err(failed(child_pid))?;
         let read_fd = child_plan
             .report_read

@@ -17,6 +17,8 @@ pub struct UnixInfo {
     pub name: Option<Vec<u8>>,
     /// The inode of the socket file a path name created.
     pub vfs_inode: Option<u32>,
+    /// The device of that file's filesystem, as the kernel encodes it (major << 20 | minor).
+    pub vfs_dev: Option<u32>,
     /// A listening socket: the client sockets waiting to be accepted, oldest first.
     pub pending: Vec<u32>,
     /// Listening: connections queued; otherwise bytes queued for reading.
@@ -25,6 +27,21 @@ pub struct UnixInfo {
     pub wqueue: u32,
     /// RCV_SHUTDOWN 1 | SEND_SHUTDOWN 2.
     pub shutdown: u8,
+}
+
+impl UnixInfo {
+    /// Whether `meta` (of a path) is this socket's file: the same inode on the same device
+    /// (an inode number alone repeats across filesystems).
+    pub fn is_file(&self, meta: &std::fs::Metadata) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let (Some(ino), Some(dev)) = (self.vfs_inode, self.vfs_dev) else {
+            return false;
+        };
+        let (major, minor) = (dev >> 20, dev & 0xf_ffff);
+        u64::from(ino) == meta.ino()
+            && u64::from(major) == nix::sys::stat::major(meta.dev())
+            && u64::from(minor) == nix::sys::stat::minor(meta.dev())
+    }
 }
 
 const NETLINK_SOCK_DIAG: i32 = 4;
@@ -130,7 +147,10 @@ pub fn unix_sockets() -> io::Result<HashMap<u32, UnixInfo>> {
                             };
                             match atype {
                                 UNIX_DIAG_NAME => info.name = Some(name_bytes(data)),
-                                UNIX_DIAG_VFS => info.vfs_inode = word(0),
+                                UNIX_DIAG_VFS => {
+                                    info.vfs_inode = word(0);
+                                    info.vfs_dev = word(1);
+                                }
                                 UNIX_DIAG_PEER => info.peer = word(0).unwrap_or(0),
                                 UNIX_DIAG_ICONS => {
                                     info.pending = (0..data.len() / 4).filter_map(word).collect()

@@ -499,6 +499,17 @@ impl Harness {
     /// `rcr restore -D IMG --pidfile FILE EXTRA...` for workload `w` (whose pid the restore
     /// may bring back: it is cleaned up at the end). Run.pid holds the pidfile's pid.
     pub fn restore(&mut self, w: &Workload, img: &Path, extra: &[&str]) -> Run {
+        self.restore_env(w, img, extra, &[])
+    }
+
+    /// `restore` with extra environment variables for rcr (e.g. a test hook).
+    pub fn restore_env(
+        &mut self,
+        w: &Workload,
+        img: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Run {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let pidfile = self.dir.join(format!("restore-{n}.pid"));
         if !self.restored.contains(&w.pid) {
@@ -512,7 +523,7 @@ impl Harness {
             pidfile.to_string_lossy().into_owned(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let mut run = self.rcr(&args, &[]);
+        let mut run = self.rcr(&args, env);
         run.pid = fs::read_to_string(&pidfile)
             .ok()
             .and_then(|s| s.trim().parse().ok());
@@ -1083,6 +1094,19 @@ impl Harness {
     pub fn spawn_env(&mut self, scenario: &str, args: &[&str], env: &[(&str, &str)]) -> Workload {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let dir = self.dir.join(format!("wl-{scenario}-{n}"));
+        self.spawn_in(&dir, scenario, args, env)
+    }
+
+    /// Like `spawn_env`, with the workload's DIR at `dir` (e.g. on a filesystem of the
+    /// test's own), created if missing.
+    pub fn spawn_in(
+        &mut self,
+        dir: &Path,
+        scenario: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Workload {
+        let dir = dir.to_path_buf();
         fs::create_dir_all(&dir).expect("create workload directory");
         let stdout = fs::File::create(dir.join("stdout")).expect("create stdout file");
         let stderr = fs::File::create(dir.join("stderr")).expect("create stderr file");

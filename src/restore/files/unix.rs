@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -206,9 +206,7 @@ fn bind_to(sock: &OwnedFd, address: Address, what: &str) -> Result<()> {
             let path = address.file();
             let meta = std::fs::symlink_metadata(&path)?;
             let live = crate::sys::socket::unix_sockets().context("sock_diag")?;
-            let held = live
-                .values()
-                .any(|i| i.vfs_inode == Some(meta.ino() as u32));
+            let held = live.values().any(|i| i.is_file(&meta));
             if held || !meta.file_type().is_socket() {
                 bail!(
                     "{what}: {} is in use (by a live socket, or not a socket)",
