@@ -352,6 +352,9 @@ fn text_mm(out: &mut String, pid: u32, mm: &Mm) {
     let _ = writeln!(out, "args  {:#x}-{:#x}", mm.arg_start, mm.arg_end);
     let _ = writeln!(out, "env   {:#x}-{:#x}", mm.env_start, mm.env_end);
     let _ = writeln!(out, "thp_disabled {}", mm.thp_disabled);
+    if mm.mlockall_flags != 0 {
+        let _ = writeln!(out, "mlockall_flags {:#x}", mm.mlockall_flags);
+    }
     let _ = writeln!(out, "auxv ({} entries)", mm.auxv.len() / 2);
     for pair in mm.auxv.chunks(2) {
         let (kind, value) = (pair[0], pair.get(1).copied().unwrap_or(0));

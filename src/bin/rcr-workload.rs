@@ -10,7 +10,8 @@
 //! the rcr library.
 //!
 //! Single-process, single-threaded scenarios: memory sparse prot filemap brk tls vector
-//! nanosleep futex stdio counter all.
+//! nanosleep futex stdio counter all, and locked memory (see mlock.rs): mlock mlockall
+//! mlockall-onfault.
 //!
 //! Scenarios with more processes or threads (see procs.rs and threads.rs for their protocol;
 //! only the root process writes ready and prints PASS/FAIL, after every process or thread
@@ -62,6 +63,8 @@ mod files;
 mod inotify;
 #[path = "rcr-workload/maps.rs"]
 mod maps;
+#[path = "rcr-workload/mlock.rs"]
+mod mlock;
 #[path = "rcr-workload/parts.rs"]
 mod parts;
 #[path = "rcr-workload/procs.rs"]
@@ -293,6 +296,11 @@ fn setup(scenario: &str, ctx: &Ctx) -> Result<Setup, String> {
             parts.push(Box::new(files::Unlinked::new(ctx)?));
             Wait::Poll
         }
+        s if mlock::Mode::from_scenario(s).is_some() => {
+            let mode = mlock::Mode::from_scenario(s).expect("checked in the guard");
+            parts.push(Box::new(mlock::Locked::new(mode)?));
+            Wait::Poll
+        }
         s if inotify::Mode::from_scenario(s).is_some() => {
             let mode = inotify::Mode::from_scenario(s).expect("checked in the guard");
             parts.push(Box::new(inotify::Inotify::new(mode, ctx)?));
@@ -394,7 +402,7 @@ fn multi_scenario(name: &str) -> Option<MultiRun> {
     })
 }
 
-fn die(what: fmt::Arguments<'_>) -> ! {
+pub fn die(what: fmt::Arguments<'_>) -> ! {
     let mut m = Msg::new();
     let _ = writeln!(m, "FAIL: {what}");
     out(m.as_bytes());

@@ -172,6 +172,8 @@ fn dump_process(
     ));
 
     let leader = &process.threads[0];
+    // Locked memory before the parasite's mapping: see mm::future_lock_flags.
+    let locked_kb = mm::locked_kb(pid)?;
     let mut parasite = Parasite::infect(pid, &leader.regs, None)?;
     let inside = collect_with_parasite(
         &mut parasite,
@@ -180,6 +182,7 @@ fn dump_process(
         &mut mm,
         images,
         &page_map,
+        locked_kb,
     );
     let cured = parasite.cure(&leader.regs);
     log::debug(&format!(
@@ -203,8 +206,10 @@ fn collect_with_parasite(
     mm: &mut image::proto::Mm,
     images: &ImageDir,
     page_map: &image::proto::PageMap,
+    locked_kb: u64,
 ) -> Result<u64> {
     fault_point("after-infect")?;
+    mm.mlockall_flags = mm::future_lock_flags(core.pid as i32, parasite.base, locked_kb)?;
     mm.brk = task::collect_in_task(parasite, core)?;
     core.timers = Some(timers::collect(parasite, core.pid as i32)?);
     let tids: Vec<i32> = process.threads.iter().map(|t| t.tid).collect();

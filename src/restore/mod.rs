@@ -649,6 +649,7 @@ fn rebuild(pid: i32, live: &LiveImages, services: &Services, pids: &PidMap) -> R
         )?;
         pages::fill(&mut steps, &live.page_map, services.pages)?;
         mm::seal_protections(&mut steps, mm)?;
+        mm::lock(&mut steps, mm)?;
         mm::set_mm_fields(&mut steps, mm, services.exe)?;
         task::restore_in_task(&mut steps, &live.core, &live.fds)?;
         task::restore_thread_in_task(&mut steps, &live.core, leader)?;
