@@ -11,7 +11,7 @@
 //!
 //! Single-process, single-threaded scenarios: memory sparse prot filemap brk tls vector
 //! nanosleep futex stdio counter all, and locked memory (see mlock.rs): mlock mlockall
-//! mlockall-onfault.
+//! mlockall-onfault; `amx` (see amx.rs: AMX tiles in three threads, where the CPU has AMX).
 //!
 //! Scenarios with more processes or threads (see procs.rs and threads.rs for their protocol;
 //! only the root process writes ready and prints PASS/FAIL, after every process or thread
@@ -53,6 +53,8 @@
 
 // The modules live in src/bin/rcr-workload/ (a crate root file takes its modules from its
 // own directory, and files directly in src/bin/ would become binaries).
+#[path = "rcr-workload/amx.rs"]
+mod amx;
 #[path = "rcr-workload/blocking.rs"]
 mod blocking;
 #[path = "rcr-workload/epoll.rs"]
@@ -241,6 +243,10 @@ fn setup(scenario: &str, ctx: &Ctx) -> Result<Setup, String> {
         }
         "stdio" => {
             parts.push(Box::new(parts::Stdio::new(ctx)?));
+            Wait::Poll
+        }
+        "amx" => {
+            parts.push(Box::new(amx::Amx::new(&ctx.go)?));
             Wait::Poll
         }
         "vector" => Wait::Vector(Box::new(vector::Vector::new(&ctx.go, 20_000_000))),

@@ -538,7 +538,7 @@ fn restore_tree(
                 let _ = kill(pt::pid(pid as i32), Signal::SIGKILL);
             }
         }
-        let _ = waitpid(pt::pid(child), None);
+        reap_until(child);
     };
     let report = if pidns {
         init_read
@@ -599,6 +599,26 @@ fn restore_tree(
         Err(err) => {
             kill_all();
             Err(err)
+        }
+    }
+}
+
+/// Reaps rcr's child `child` once it is dead. The threads rcr traces are reported to rcr
+/// as well, and a killed thread group leader is not reported before its other threads are
+/// reaped: waiting for the leader alone would wait forever. Every task rcr waits for here is
+/// one it created (the tree, or the namespace's init) or traces.
+fn reap_until(child: i32) {
+    use nix::sys::wait::WaitPidFlag;
+    loop {
+        match waitpid(None, Some(WaitPidFlag::__WALL)) {
+            Ok(WaitStatus::Exited(pid, _) | WaitStatus::Signaled(pid, _, _))
+                if pid.as_raw() == child =>
+            {
+                return;
+            }
+            Ok(_) => continue,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return,
         }
     }
 }
@@ -678,6 +698,10 @@ fn rebuild(pid: i32, live: &LiveImages, services: &Services, pids: &PidMap) -> R
         }
         task::restore_final(&mut steps, &live.core)?;
         steps.flush()?;
+    }
+    if task::needs_tile_room(leader) {
+        // While the blob is still there: the leader's xstate is set after the cure.
+        parasite.touch_tiles(pid, &regs)?;
     }
     let final_regs = task::regs_from_proto(leader.regs.as_ref().unwrap(), &regs);
     parasite.cure(&final_regs)?;
