@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::Harness;
+use common::{Ended, Harness, proc_maps};
 
 /// Start `scenario`, dump it (killing it), restore it: the workload checks itself.
 fn roundtrip(name: &str, scenario: &str) {
@@ -61,4 +61,32 @@ fn amx_tiles() {
         return;
     }
     roundtrip("amx_tiles", "amx");
+}
+
+/// The dump tries each thread's xstate on a scratch process prepared as the restore will
+/// prepare the thread: an xstate the kernel would refuse (here, through a test hook, one
+/// with a bit set in XCOMP_BV) fails the dump with a line naming the thread, and the tree
+/// runs on untouched instead of being killed for a restore that cannot work.
+#[test]
+fn xstate_refused_at_dump() {
+    let mut h = Harness::new("xstate_refused_at_dump");
+    let w = h.spawn("vector");
+    h.wait_blocked(&w);
+    let maps = proc_maps(w.pid);
+    let img = h.path("img");
+    let r = h.dump_env(&w, &img, &[], &[("RCR_FAULT_INJECT", "xstate-refused")]);
+    let line = r.assert_refused();
+    assert!(
+        line.contains(&format!("tid {}", w.pid)) && line.contains("xstate"),
+        "the message names the thread and its xstate: {line}"
+    );
+    h.assert_untouched_and_running(&w);
+    assert_eq!(
+        proc_maps(w.pid),
+        maps,
+        "/proc/PID/maps after the refused dump"
+    );
+    w.go();
+    assert_eq!(h.wait_exit(&w), Ended::Code(0), "workload exit status");
+    w.assert_pass();
 }

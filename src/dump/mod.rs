@@ -115,8 +115,10 @@ fn dump_frozen(
         .iter()
         .map(|p| (p.pid, p.stat.field(5) as i32, p.stat.field(6) as i32))
         .collect();
+    let mut xstate_check = task::XstateCheck::default();
     for process in frozen.processes.iter().filter(|p| p.zombie.is_none()) {
-        stats.pages_bytes += dump_process(process, images, &mut file_ids, &sessions)?;
+        stats.pages_bytes +=
+            dump_process(process, images, &mut file_ids, &sessions, &mut xstate_check)?;
     }
     file_ids.check_whole_tree()?;
     images.write(
@@ -137,6 +139,7 @@ fn dump_process(
     images: &ImageDir,
     file_ids: &mut files::FileIds,
     sessions: &[(i32, i32, i32)],
+    xstate_check: &mut task::XstateCheck,
 ) -> Result<u64> {
     let pid = process.pid;
     let phase = Instant::now();
@@ -191,6 +194,8 @@ fn dump_process(
     ));
     let pages_bytes = inside?;
     cured?;
+    // Its restore sets each thread's xstate: find out now whether the kernel takes it.
+    xstate_check.check(&core)?;
 
     images.write(Kind::Core, Some(pid as u32), &core)?;
     images.write(Kind::Mm, Some(pid as u32), &mm)?;

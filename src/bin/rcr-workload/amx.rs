@@ -186,10 +186,13 @@ pub fn available() -> bool {
     xcr0 & (3 << 17) == 3 << 17
 }
 
-/// The threads' shared counters: how many loaded their tiles, how many finished.
+/// The threads' shared counters: how many loaded their tiles, how many stored them, and
+/// whether the main thread lets them end (a Rust thread unmaps its signal stack when it ends,
+/// which must not happen before the main thread compared /proc/self/maps).
 struct Sync {
     loaded: AtomicU32,
     done: AtomicU32,
+    release: AtomicU32,
 }
 
 pub struct Amx {
@@ -227,6 +230,7 @@ impl Amx {
         let sync = Arc::new(Sync {
             loaded: AtomicU32::new(0),
             done: AtomicU32::new(0),
+            release: AtomicU32::new(0),
         });
         let names = ["thread 1", "thread 2"];
         let mut threads = Vec::with_capacity(THREADS);
@@ -240,6 +244,9 @@ impl Amx {
                 sys::wait_for(&go);
                 state.store();
                 sync.done.fetch_add(1, Ordering::SeqCst);
+                while sync.release.load(Ordering::SeqCst) == 0 {
+                    sys::sleep_ms(1);
+                }
                 state
             }));
         }
@@ -271,6 +278,7 @@ impl Part for Amx {
             }
             sys::sleep_ms(1);
         }
+        self.sync.release.store(1, Ordering::SeqCst);
         for handle in self.threads.drain(..) {
             match handle.join() {
                 Ok(state) => state.verify(chk),
