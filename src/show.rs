@@ -465,6 +465,16 @@ fn text_pagemap(out: &mut String, pid: u32, pm: &PageMap) {
         );
         offset = offset.saturating_add(len);
     }
+    if pm.chunk_crc32.is_empty() {
+        let _ = writeln!(out, "no page checksums (an image from before format 1.5)");
+    } else {
+        let _ = writeln!(
+            out,
+            "{} CRC32 checksums, one per {} bytes of pages",
+            pm.chunk_crc32.len(),
+            pm.checksum_chunk
+        );
+    }
     let listed: u64 = pm.runs.iter().map(|r| r.nr_pages).sum();
     if listed != pm.pages_total {
         let _ = writeln!(
@@ -932,6 +942,7 @@ mod tests {
                         vaddr: 0x7ffc_0000_0000,
                         nr_pages: 2,
                     }],
+                    ..Default::default()
                 },
             )
             .unwrap();

@@ -1,9 +1,11 @@
 //! Memory and CPU state that needs more than contents: locked memory (mlock, mlockall and
-//! the mm's MCL_FUTURE default) and AMX tile registers.
+//! the mm's MCL_FUTURE default), AMX tile registers, and the checksums of page data.
 
 mod common;
 
-use common::{Ended, Harness, proc_maps};
+use common::{Ended, Harness, pid_exists, proc_maps};
+use rcr::image::{Kind, decode_image, encode_image, proto::PageMap};
+use std::fs;
 
 /// Start `scenario`, dump it (killing it), restore it: the workload checks itself.
 fn roundtrip(name: &str, scenario: &str) {
@@ -88,5 +90,75 @@ fn xstate_refused_at_dump() {
     );
     w.go();
     assert_eq!(h.wait_exit(&w), Ended::Code(0), "workload exit status");
+    w.assert_pass();
+}
+
+/// One flipped byte in pages-PID.img: the restore is refused with one line naming the pid and
+/// the chunk (the page checksums of format 1.5, verified while the tree is built and before
+/// any restored task runs), and no process is left. The same image with the byte put back
+/// restores and PASSes.
+#[test]
+fn page_checksum_flipped_byte() {
+    let mut h = Harness::new("page_checksum_flipped_byte");
+    let w = h.spawn("memory");
+    h.wait_blocked(&w);
+    let img = h.path("img");
+    h.dump(&w, &img, &[]).assert_ok_for(&w);
+    h.reap_dumped(&w);
+    let pages = w.image(&img, "pages");
+    let mut data = fs::read(&pages).unwrap();
+    assert!(data.len() > 64 << 20, "pages image of {} bytes", data.len());
+    let at = data.len() / 2 + 12345;
+    data[at] ^= 0x04;
+    fs::write(&pages, &data).unwrap();
+    w.go();
+    let r = h.restore(&w, &img, &[]);
+    let line = r.assert_refused().to_owned();
+    let chunk = at >> 20;
+    assert!(
+        line.contains(&format!("pid {}", w.pid)) && line.contains(&format!("chunk {chunk} ")),
+        "the message names the pid and chunk {chunk}: {line}"
+    );
+    assert!(
+        !pid_exists(w.pid),
+        "pid {} exists after a refused restore",
+        w.pid
+    );
+    assert!(
+        h.workload_children().is_empty(),
+        "a refused restore left processes: {:?}",
+        h.workload_children()
+    );
+    data[at] ^= 0x04;
+    fs::write(&pages, &data).unwrap();
+    let r = h.restore(&w, &img, &[]);
+    r.assert_ok_for(&w);
+    w.assert_pass();
+}
+
+/// An image written before format 1.5 has no page checksums: it restores unchecked. (The
+/// pagemap is rewritten without them, as format 1.4.)
+#[test]
+fn pages_without_checksums_restore() {
+    let mut h = Harness::new("pages_without_checksums_restore");
+    let w = h.spawn("memory");
+    h.wait_blocked(&w);
+    let img = h.path("img");
+    h.dump(&w, &img, &[]).assert_ok_for(&w);
+    h.reap_dumped(&w);
+    let path = w.image(&img, "pagemap");
+    let mut pagemap: PageMap = decode_image(Kind::PageMap, &fs::read(&path).unwrap(), "p").unwrap();
+    assert!(!pagemap.chunk_crc32.is_empty(), "a 1.5 dump has checksums");
+    pagemap.chunk_crc32.clear();
+    pagemap.checksum_chunk = 0;
+    let mut bytes = encode_image(Kind::PageMap, &pagemap);
+    bytes[10..12].copy_from_slice(&4u16.to_le_bytes());
+    let crc_at = bytes.len() - 4;
+    let crc = crc32fast::hash(&bytes[..crc_at]);
+    bytes[crc_at..].copy_from_slice(&crc.to_le_bytes());
+    fs::write(&path, &bytes).unwrap();
+    w.go();
+    let r = h.restore(&w, &img, &[]);
+    r.assert_ok_for(&w);
     w.assert_pass();
 }

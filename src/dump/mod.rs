@@ -168,7 +168,7 @@ fn dump_process(
         files::save_memfd(&mapped, vma.inode, images, file_ids)?;
     }
     let runs = pages::collect_runs(pid, &mut mm.vmas)?;
-    let page_map = pages::page_map(runs);
+    let mut page_map = pages::page_map(runs);
     log::debug(&format!(
         "pid {pid}: state and pagemap read in {:?}",
         phase.elapsed()
@@ -184,7 +184,7 @@ fn dump_process(
         &mut core,
         &mut mm,
         images,
-        &page_map,
+        &mut page_map,
         locked_kb,
     );
     let cured = parasite.cure(&leader.regs);
@@ -210,7 +210,7 @@ fn collect_with_parasite(
     core: &mut image::proto::TaskCore,
     mm: &mut image::proto::Mm,
     images: &ImageDir,
-    page_map: &image::proto::PageMap,
+    page_map: &mut image::proto::PageMap,
     locked_kb: u64,
 ) -> Result<u64> {
     fault_point("after-infect")?;
@@ -233,7 +233,10 @@ fn collect_with_parasite(
     let pages_path = std::path::absolute(images.pages_path(core.pid))?;
     let out = image::create_private(&pages_path)?;
     let drain_start = Instant::now();
+    let checksums = pages::Checksummer::start(&pages_path)?;
     let written = pages::drain(parasite, &mm.vmas, &page_map.runs, &out, &pages_path)?;
+    page_map.chunk_crc32 = checksums.finish(core.pid as i32, written)?;
+    page_map.checksum_chunk = pages::CHECKSUM_CHUNK as u32;
     log::debug(&format!(
         "pid {}: {written} bytes drained in {:?}",
         core.pid,

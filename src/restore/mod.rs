@@ -187,6 +187,7 @@ pub fn read_images(images: &ImageDir) -> Result<(Inventory, Vec<ProcessImages>)>
         if runs_total != page_map.pages_total || page_map.page_size != 4096 {
             bail!("pagemap-{}.img: inconsistent page counts", entry.pid);
         }
+        pages::check_checksums(entry.pid, &page_map)?;
         processes.push(ProcessImages {
             entry,
             images: Some(LiveImages {
@@ -558,6 +559,18 @@ fn restore_tree(
             processes[0].entry.pid
         );
     }
+    // The page checksums are verified on the other core while the processes are rebuilt
+    // (not earlier: rcr forks the tree's root only while it has one thread).
+    let verifier = match pages::Verifier::start(processes.iter().filter_map(|p| {
+        let live = p.images.as_ref()?;
+        Some((p.entry.pid, &live.page_map, &live.pages))
+    })) {
+        Ok(verifier) => verifier,
+        Err(err) => {
+            kill_all();
+            return Err(err);
+        }
+    };
     let mut seized = Vec::new();
     let outcome = (|| -> Result<()> {
         for process in processes {
@@ -583,6 +596,8 @@ fn restore_tree(
         }
         Ok(())
     })();
+    // Nothing of the tree's own has run yet: a corrupted pages image stops it here.
+    let outcome = outcome.and_then(|()| verifier.finish());
     match outcome {
         Ok(()) => {
             for (process, live) in processes
