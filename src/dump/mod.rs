@@ -195,7 +195,12 @@ fn dump_process(
     let pages_bytes = inside?;
     cured?;
     // Its restore sets each thread's xstate: find out now whether the kernel takes it.
+    let checking = Instant::now();
     xstate_check.check(&core)?;
+    log::debug(&format!(
+        "pid {pid}: xstate checked in {:.2} ms",
+        checking.elapsed().as_secs_f64() * 1e3
+    ));
 
     images.write(Kind::Core, Some(pid as u32), &core)?;
     images.write(Kind::Mm, Some(pid as u32), &mm)?;

@@ -427,8 +427,9 @@ pub fn page_map(runs: Vec<PageRun>) -> PageMap {
 
 /// Bytes of pages-PID.img covered by one CRC32 of `PageMap.chunk_crc32`.
 pub const CHECKSUM_CHUNK: u64 = 1 << 20;
-/// How many chunks the checksum thread reads per call.
-const CHECKSUM_READ_CHUNKS: u64 = 4;
+/// How many chunks the checksum thread reads per call (one: 1 MiB stays in the cache
+/// between the copy and the CRC, measured faster than 4 MiB).
+const CHECKSUM_READ_CHUNKS: u64 = 1;
 
 /// Checksums pages-PID.img while it is being written, in a thread of its own (another core
 /// than the task writing it): each chunk is read from the file (the page cache) once the file
@@ -497,6 +498,7 @@ impl Checksummer {
     pub fn finish(mut self, pid: i32, total: u64) -> Result<Vec<u32>> {
         self.total
             .store(total, std::sync::atomic::Ordering::Release);
+        let waiting = std::time::Instant::now();
         let sums = self
             .thread
             .take()
@@ -504,6 +506,10 @@ impl Checksummer {
             .join()
             .map_err(|_| anyhow::anyhow!("pid {pid}: the checksum thread panicked"))?
             .with_context(|| format!("pid {pid}: reading the pages image back"))?;
+        crate::log::debug(&format!(
+            "pid {pid}: page checksums done {:.1} ms after the drain",
+            waiting.elapsed().as_secs_f64() * 1e3
+        ));
         let expected = total.div_ceil(CHECKSUM_CHUNK);
         if sums.len() as u64 != expected {
             bail!(

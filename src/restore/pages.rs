@@ -76,7 +76,7 @@ struct Job {
 /// ([`Verifier::finish`]) before it lets any restored task run: a corrupted image then kills
 /// the tree before it ran a single instruction of its own.
 pub struct Verifier {
-    thread: Option<JoinHandle<Result<()>>>,
+    thread: Option<JoinHandle<(Result<()>, std::time::Duration)>>,
     stop: Arc<AtomicBool>,
 }
 
@@ -105,7 +105,10 @@ impl Verifier {
             Some(
                 std::thread::Builder::new()
                     .name("rcr-verify".into())
-                    .spawn(move || verify(&jobs, &thread_stop))?,
+                    .spawn(move || {
+                        let started = std::time::Instant::now();
+                        (verify(&jobs, &thread_stop), started.elapsed())
+                    })?,
             )
         };
         Ok(Verifier { thread, stop })
@@ -113,12 +116,19 @@ impl Verifier {
 
     /// Waits for the verification; an error names the pid, the image and the chunk.
     pub fn finish(mut self) -> Result<()> {
-        match self.thread.take() {
-            Some(thread) => thread
-                .join()
-                .map_err(|_| anyhow::anyhow!("the page verification thread panicked"))?,
-            None => Ok(()),
-        }
+        let Some(thread) = self.thread.take() else {
+            return Ok(());
+        };
+        let waiting = std::time::Instant::now();
+        let (result, took) = thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("the page verification thread panicked"))?;
+        crate::log::debug(&format!(
+            "page checksums verified in {:.1} ms; the restore waited {:.1} ms for it",
+            took.as_secs_f64() * 1e3,
+            waiting.elapsed().as_secs_f64() * 1e3
+        ));
+        result
     }
 }
 
@@ -131,8 +141,8 @@ impl Drop for Verifier {
     }
 }
 
-/// Chunks read per call.
-const VERIFY_READ_CHUNKS: usize = 4;
+/// Chunks read per call (one: see dump::pages::CHECKSUM_READ_CHUNKS).
+const VERIFY_READ_CHUNKS: usize = 1;
 
 fn verify(jobs: &[Job], stop: &AtomicBool) -> Result<()> {
     for job in jobs {
