@@ -28,6 +28,8 @@ impl XstateProbe {
         config.0[0] = 1;
         config.0[16] = 4;
         config.0[48] = 1;
+        // SAFETY: getpid has no memory effects.
+        let rcr = unsafe { libc::getpid() };
         // SAFETY: the child runs only raw system calls and the tile instructions below, all
         // async-signal-safe, then stops or exits with _exit; the parent only records its pid.
         let pid = unsafe { libc::fork() };
@@ -39,6 +41,11 @@ impl XstateProbe {
             // 64-byte `config`, and are reached only with the permission granted (so they
             // cannot fault for want of it).
             unsafe {
+                // Never outlive rcr (a probe left stopped after a crash of rcr).
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 || libc::getppid() != rcr
+                {
+                    libc::_exit(14);
+                }
                 if tile_permission
                     && libc::syscall(
                         libc::SYS_arch_prctl,
