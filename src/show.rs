@@ -352,6 +352,9 @@ fn text_mm(out: &mut String, pid: u32, mm: &Mm) {
     let _ = writeln!(out, "args  {:#x}-{:#x}", mm.arg_start, mm.arg_end);
     let _ = writeln!(out, "env   {:#x}-{:#x}", mm.env_start, mm.env_end);
     let _ = writeln!(out, "thp_disabled {}", mm.thp_disabled);
+    if mm.mlockall_flags != 0 {
+        let _ = writeln!(out, "mlockall_flags {:#x}", mm.mlockall_flags);
+    }
     let _ = writeln!(out, "auxv ({} entries)", mm.auxv.len() / 2);
     for pair in mm.auxv.chunks(2) {
         let (kind, value) = (pair[0], pair.get(1).copied().unwrap_or(0));
@@ -461,6 +464,16 @@ fn text_pagemap(out: &mut String, pid: u32, pm: &PageMap) {
             run.nr_pages
         );
         offset = offset.saturating_add(len);
+    }
+    if pm.chunk_crc32.is_empty() {
+        let _ = writeln!(out, "no page checksums (an image from before format 1.5)");
+    } else {
+        let _ = writeln!(
+            out,
+            "{} CRC32 checksums, one per {} bytes of pages",
+            pm.chunk_crc32.len(),
+            pm.checksum_chunk
+        );
     }
     let listed: u64 = pm.runs.iter().map(|r| r.nr_pages).sum();
     if listed != pm.pages_total {
@@ -929,6 +942,7 @@ mod tests {
                         vaddr: 0x7ffc_0000_0000,
                         nr_pages: 2,
                     }],
+                    ..Default::default()
                 },
             )
             .unwrap();

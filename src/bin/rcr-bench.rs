@@ -4,6 +4,7 @@
 //! at best do).
 //!
 //!     rcr-bench [--dir DIR] [SIZE_MIB...]        default: /dev/shm, 64 1024 4096
+//!                                                 (RCR_BENCH_RUNS=N: medians of N runs, not 3)
 //!     rcr-bench --procs N,N.. | --threads N,N.. | --fds N,N..
 //!                                                 dump/restore time by processes, threads, fds
 //!     rcr-bench hold SIZE_MIB READY_FILE [PROCS THREADS]   (internal) the workload
@@ -289,7 +290,14 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
-const RUNS: usize = 3;
+/// Runs per figure (medians): 3, or RCR_BENCH_RUNS (more on a busy machine).
+fn runs() -> usize {
+    std::env::var("RCR_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(3)
+}
 
 fn bench(rcr: &Path, me: &Path, base: &Path, mib: usize) -> Result<()> {
     let dir = base.join(format!("rcr-bench-{mib}"));
@@ -299,7 +307,7 @@ fn bench(rcr: &Path, me: &Path, base: &Path, mib: usize) -> Result<()> {
     // Runs and limits interleave, so that both meet the machine in the same state; medians.
     let mut samples = Vec::new();
     let mut limit_runs = Vec::new();
-    for _ in 0..RUNS {
+    for _ in 0..runs() {
         limit_runs.push(limits(&dir, bytes as usize)?);
         samples.push(sample(rcr, me, &dir, mib)?);
     }
@@ -338,7 +346,7 @@ fn bench_counts(rcr: &Path, me: &Path, base: &Path, what: &str, counts: &[usize]
             _ => (1, 1, n),
         };
         let mut samples = Vec::new();
-        for _ in 0..RUNS {
+        for _ in 0..runs() {
             samples.push(sample_tree(rcr, me, &dir, 1, shape)?);
         }
         let dump_ms = median(samples.iter().map(|s| s.dump_ms).collect());
@@ -402,8 +410,9 @@ fn main() -> Result<()> {
         sizes = vec![64, 1024, 4096];
     }
     println!(
-        "rcr-bench: images and limit files in {}; medians of {RUNS} runs; times are wall-clock of the rcr command",
-        base.display()
+        "rcr-bench: images and limit files in {}; medians of {} runs; times are wall-clock of the rcr command",
+        base.display(),
+        runs()
     );
     for mib in sizes {
         bench(&rcr, &me, &base, mib)?;

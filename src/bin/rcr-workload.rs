@@ -10,7 +10,8 @@
 //! the rcr library.
 //!
 //! Single-process, single-threaded scenarios: memory sparse prot filemap brk tls vector
-//! nanosleep futex stdio counter all.
+//! nanosleep futex stdio counter all, and locked memory (see mlock.rs): mlock mlockall
+//! mlockall-onfault; `amx` (see amx.rs: AMX tiles in three threads, where the CPU has AMX).
 //!
 //! Scenarios with more processes or threads (see procs.rs and threads.rs for their protocol;
 //! only the root process writes ready and prints PASS/FAIL, after every process or thread
@@ -53,6 +54,8 @@
 
 // The modules live in src/bin/rcr-workload/ (a crate root file takes its modules from its
 // own directory, and files directly in src/bin/ would become binaries).
+#[path = "rcr-workload/amx.rs"]
+mod amx;
 #[path = "rcr-workload/blocking.rs"]
 mod blocking;
 #[path = "rcr-workload/churn.rs"]
@@ -65,6 +68,8 @@ mod files;
 mod inotify;
 #[path = "rcr-workload/maps.rs"]
 mod maps;
+#[path = "rcr-workload/mlock.rs"]
+mod mlock;
 #[path = "rcr-workload/parts.rs"]
 mod parts;
 #[path = "rcr-workload/procs.rs"]
@@ -243,6 +248,10 @@ fn setup(scenario: &str, ctx: &Ctx) -> Result<Setup, String> {
             parts.push(Box::new(parts::Stdio::new(ctx)?));
             Wait::Poll
         }
+        "amx" => {
+            parts.push(Box::new(amx::Amx::new(&ctx.go)?));
+            Wait::Poll
+        }
         "vector" => Wait::Vector(Box::new(vector::Vector::new(&ctx.go, 20_000_000))),
         "nanosleep" => Wait::Nanosleep(blocking::Nanosleep::new()),
         "futex" => Wait::Futex(blocking::Futex::new()),
@@ -294,6 +303,11 @@ fn setup(scenario: &str, ctx: &Ctx) -> Result<Setup, String> {
         }
         "unlinked" => {
             parts.push(Box::new(files::Unlinked::new(ctx)?));
+            Wait::Poll
+        }
+        s if mlock::Mode::from_scenario(s).is_some() => {
+            let mode = mlock::Mode::from_scenario(s).expect("checked in the guard");
+            parts.push(Box::new(mlock::Locked::new(mode)?));
             Wait::Poll
         }
         s if inotify::Mode::from_scenario(s).is_some() => {
@@ -398,7 +412,7 @@ fn multi_scenario(name: &str) -> Option<MultiRun> {
     })
 }
 
-fn die(what: fmt::Arguments<'_>) -> ! {
+pub fn die(what: fmt::Arguments<'_>) -> ! {
     let mut m = Msg::new();
     let _ = writeln!(m, "FAIL: {what}");
     out(m.as_bytes());

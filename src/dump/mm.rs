@@ -268,6 +268,38 @@ pub fn collect(pid: i32, stat: &Stat) -> Result<Mm> {
         exe_path,
         vmas,
         thp_disabled: false,
+        mlockall_flags: 0,
+    })
+}
+
+/// VmLck of /proc/PID/status: the process' locked memory, in kB.
+pub fn locked_kb(pid: i32) -> Result<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("pid {pid}: cannot read status"))?;
+    Ok(status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmLck:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0))
+}
+
+/// The lock flags the process gives new mappings (mlockall MCL_FUTURE, MCL_ONFAULT): the
+/// kernel keeps them in mm->def_flags, which no interface shows, so they are read off a
+/// mapping made since: the parasite's region at `probe`. `locked_before_kb` is VmLck from
+/// before that mapping; when it did not grow, the mapping is not locked and smaps is not read.
+pub fn future_lock_flags(pid: i32, probe: u64, locked_before_kb: u64) -> Result<u32> {
+    if locked_kb(pid)? == locked_before_kb {
+        return Ok(0);
+    }
+    let vmas = read_smaps(pid)?;
+    let Some((_, flags)) = vmas.iter().find(|(l, _)| l.start <= probe && probe < l.end) else {
+        bail!("pid {pid}: the parasite's mapping at {probe:#x} is not in smaps");
+    };
+    let has = |name: &str| flags.iter().any(|f| f == name);
+    Ok(match (has("lo"), has("lf")) {
+        (false, _) => 0,
+        (true, false) => libc::MCL_FUTURE as u32,
+        (true, true) => (libc::MCL_FUTURE | libc::MCL_ONFAULT) as u32,
     })
 }
 

@@ -115,8 +115,10 @@ fn dump_frozen(
         .iter()
         .map(|p| (p.pid, p.stat.field(5) as i32, p.stat.field(6) as i32))
         .collect();
+    let mut xstate_check = task::XstateCheck::default();
     for process in frozen.processes.iter().filter(|p| p.zombie.is_none()) {
-        stats.pages_bytes += dump_process(process, images, &mut file_ids, &sessions)?;
+        stats.pages_bytes +=
+            dump_process(process, images, &mut file_ids, &sessions, &mut xstate_check)?;
     }
     file_ids.check_whole_tree()?;
     images.write(
@@ -137,6 +139,7 @@ fn dump_process(
     images: &ImageDir,
     file_ids: &mut files::FileIds,
     sessions: &[(i32, i32, i32)],
+    xstate_check: &mut task::XstateCheck,
 ) -> Result<u64> {
     let pid = process.pid;
     let phase = Instant::now();
@@ -165,13 +168,15 @@ fn dump_process(
         files::save_memfd(&mapped, vma.inode, images, file_ids)?;
     }
     let runs = pages::collect_runs(pid, &mut mm.vmas)?;
-    let page_map = pages::page_map(runs);
+    let mut page_map = pages::page_map(runs);
     log::debug(&format!(
         "pid {pid}: state and pagemap read in {:?}",
         phase.elapsed()
     ));
 
     let leader = &process.threads[0];
+    // Locked memory before the parasite's mapping: see mm::future_lock_flags.
+    let locked_kb = mm::locked_kb(pid)?;
     let mut parasite = Parasite::infect(pid, &leader.regs, None)?;
     let inside = collect_with_parasite(
         &mut parasite,
@@ -179,7 +184,8 @@ fn dump_process(
         &mut core,
         &mut mm,
         images,
-        &page_map,
+        &mut page_map,
+        locked_kb,
     );
     let cured = parasite.cure(&leader.regs);
     log::debug(&format!(
@@ -188,6 +194,13 @@ fn dump_process(
     ));
     let pages_bytes = inside?;
     cured?;
+    // Its restore sets each thread's xstate: find out now whether the kernel takes it.
+    let checking = Instant::now();
+    xstate_check.check(&core)?;
+    log::debug(&format!(
+        "pid {pid}: xstate checked in {:.2} ms",
+        checking.elapsed().as_secs_f64() * 1e3
+    ));
 
     images.write(Kind::Core, Some(pid as u32), &core)?;
     images.write(Kind::Mm, Some(pid as u32), &mm)?;
@@ -202,9 +215,11 @@ fn collect_with_parasite(
     core: &mut image::proto::TaskCore,
     mm: &mut image::proto::Mm,
     images: &ImageDir,
-    page_map: &image::proto::PageMap,
+    page_map: &mut image::proto::PageMap,
+    locked_kb: u64,
 ) -> Result<u64> {
     fault_point("after-infect")?;
+    mm.mlockall_flags = mm::future_lock_flags(core.pid as i32, parasite.base, locked_kb)?;
     mm.brk = task::collect_in_task(parasite, core)?;
     core.timers = Some(timers::collect(parasite, core.pid as i32)?);
     let tids: Vec<i32> = process.threads.iter().map(|t| t.tid).collect();
@@ -223,7 +238,10 @@ fn collect_with_parasite(
     let pages_path = std::path::absolute(images.pages_path(core.pid))?;
     let out = image::create_private(&pages_path)?;
     let drain_start = Instant::now();
+    let checksums = pages::Checksummer::start(&pages_path)?;
     let written = pages::drain(parasite, &mm.vmas, &page_map.runs, &out, &pages_path)?;
+    page_map.chunk_crc32 = checksums.finish(core.pid as i32, written)?;
+    page_map.checksum_chunk = pages::CHECKSUM_CHUNK as u32;
     log::debug(&format!(
         "pid {}: {written} bytes drained in {:?}",
         core.pid,

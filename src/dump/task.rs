@@ -271,3 +271,45 @@ pub fn collect_thread_in_task(
     thread.pdeathsig = parasite.read_u64(pdeathsig)? as i32;
     Ok(result.results[slack_index] as u64)
 }
+
+/// Tries every thread's xstate on scratch processes prepared the way restore prepares a
+/// thread (tile permission, a tile instruction where the state has tiles: the questions of
+/// restore::task), so that an xstate the kernel would refuse at restore fails the dump now,
+/// while the tree still runs. At most one probe process per kind of preparation per dump.
+#[derive(Default)]
+pub struct XstateCheck {
+    probes: std::collections::BTreeMap<(bool, bool), sys::xstate::XstateProbe>,
+}
+
+impl XstateCheck {
+    pub fn check(&mut self, core: &TaskCore) -> Result<()> {
+        use crate::restore::task::{needs_tile_permission, needs_tile_room};
+        for thread in &core.threads {
+            if thread.xstate.is_empty() {
+                continue;
+            }
+            let kind = (needs_tile_permission(core), needs_tile_room(thread));
+            let probe = match self.probes.entry(kind) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => e.insert(
+                    sys::xstate::XstateProbe::start(kind.0, kind.1)
+                        .with_context(|| format!("tid {}: cannot check its xstate", thread.tid))?,
+                ),
+            };
+            let mut xstate = std::borrow::Cow::Borrowed(&thread.xstate[..]);
+            if std::env::var("RCR_FAULT_INJECT").is_ok_and(|p| p == "xstate-refused") {
+                // Test hook: XCOMP_BV (offset 520) must be 0 in this format.
+                xstate.to_mut()[527] |= 0x80;
+            }
+            if let Err(err) = probe.try_set(&xstate) {
+                let bv = crate::show::xstate_bv(&thread.xstate).unwrap_or(0);
+                anyhow::bail!(
+                    "tid {}: its xstate ({} bytes, xstate_bv {bv:#x}) would be refused at restore on this machine: {err}",
+                    thread.tid,
+                    thread.xstate.len()
+                );
+            }
+        }
+        Ok(())
+    }
+}

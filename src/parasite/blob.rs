@@ -12,6 +12,11 @@
 //! is incremented for each command that succeeded (or failed with [`FLAG_IGNORE_ERROR`]); the
 //! first failure ends the batch. The batch always ends with `int3`, which the host catches.
 //!
+//! At [`TILE_TOUCH`], a routine for restoring AMX state: `ldtilecfg [rbx]; tilezero tmm0;
+//! tilerelease; int3`. Its first tile instruction makes the kernel give the thread room for
+//! the tile data (the XFD fault of a thread with the permission), which it needs before it
+//! accepts an xstate that holds tile data; it runs only where the dumped state has tiles.
+//!
 //! With [`FLAG_REPEAT_IOVEC`], the second argument points at one `struct iovec` that is
 //! advanced by each positive result and the call is repeated until the iovec is consumed: the
 //! vmsplice of a large region into a pipe that holds only part of it at a time.
@@ -21,6 +26,7 @@ use iced_x86::code_asm::*;
 
 pub const SYSCALL_STUB: u64 = 0;
 pub const BATCH_ENTRY: u64 = 16;
+pub const TILE_TOUCH: u64 = 2048;
 pub const COMMAND_WORDS: usize = 8;
 pub const COMMAND_BYTES: u64 = (COMMAND_WORDS * 8) as u64;
 pub const END_OF_BATCH: u64 = u64::MAX;
@@ -86,7 +92,16 @@ pub fn assemble() -> Result<Vec<u8>> {
     a.set_label(&mut done)?;
     a.int3()?;
 
-    let code = a.assemble(0)?;
+    let mut code = a.assemble(0)?;
+    assert!(code.len() <= TILE_TOUCH as usize);
+    code.resize(TILE_TOUCH as usize, 0xcc);
+    // ldtilecfg [rbx]; tilezero tmm0; tilerelease; int3 (VEX encodings, as GNU as gives them).
+    code.extend_from_slice(&[
+        0xc4, 0xe2, 0x78, 0x49, 0x03, // ldtilecfg [rbx]
+        0xc4, 0xe2, 0x7b, 0x49, 0xc0, // tilezero tmm0
+        0xc4, 0xe2, 0x78, 0x49, 0xc0, // tilerelease
+        0xcc, // int3
+    ]);
     debug_assert!(code.len() < 4096);
     Ok(code)
 }
@@ -103,6 +118,22 @@ mod tests {
         let mut decoder = Decoder::with_ip(64, &code[BATCH_ENTRY as usize..], BATCH_ENTRY, 0);
         let first = decoder.decode();
         assert_eq!(first.mnemonic(), Mnemonic::Mov);
+    }
+
+    #[test]
+    fn tile_touch_decodes() {
+        let code = assemble().unwrap();
+        let decoder = Decoder::with_ip(64, &code[TILE_TOUCH as usize..], 0, 0);
+        let mnemonics: Vec<Mnemonic> = decoder.into_iter().map(|i| i.mnemonic()).collect();
+        assert_eq!(
+            mnemonics,
+            [
+                Mnemonic::Ldtilecfg,
+                Mnemonic::Tilezero,
+                Mnemonic::Tilerelease,
+                Mnemonic::Int3
+            ]
+        );
     }
 
     #[test]

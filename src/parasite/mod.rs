@@ -331,6 +331,40 @@ impl Parasite {
         })
     }
 
+    /// Runs the blob's [`blob::TILE_TOUCH`] routine in stopped thread `tid` (of this
+    /// process, with registers `regs`): one AMX tile instruction, so that the kernel enlarges
+    /// the thread's register save area for the tile data. The process must have the AMX
+    /// permission (ARCH_REQ_XCOMP_PERM), or the thread gets SIGILL.
+    pub fn touch_tiles(&mut self, tid: i32, regs: &Regs) -> Result<()> {
+        assert!(self.running.is_none(), "a batch is running");
+        // Palette 1, tile 0 of one row of 4 bytes: the smallest valid configuration.
+        let mut config = [0u8; 64];
+        config[0] = 1;
+        config[16..18].copy_from_slice(&4u16.to_le_bytes());
+        config[48] = 1;
+        let at = self.data_base() + ARENA_OFFSET;
+        self.mem.write_all_at(&config, at)?;
+        let mut run = *regs;
+        run.rip = self.base + blob::TILE_TOUCH;
+        run.rbx = at;
+        run.rsp = (self.end() - 256) & !15;
+        run.orig_rax = u64::MAX;
+        pt::set_regs(tid, &run)?;
+        ptrace::cont(pt::pid(tid), None)?;
+        let mut stop = pt::wait_stop(tid)?;
+        while let Stop::Event(_) = stop {
+            ptrace::cont(pt::pid(tid), None)?;
+            stop = pt::wait_stop(tid)?;
+        }
+        match stop {
+            Stop::Signal(Signal::SIGTRAP) => Ok(()),
+            other => {
+                let rip = pt::get_regs(tid).map(|r| r.rip).unwrap_or(0);
+                bail!("tid {tid}: AMX tile touch stopped with {other:?} at {rip:#x}")
+            }
+        }
+    }
+
     /// Reads bytes the batch left in the arena (output buffers).
     pub fn read(&self, address: u64, len: usize) -> Result<Vec<u8>> {
         let mut bytes = vec![0u8; len];

@@ -221,6 +221,43 @@ pub fn seal_protections(steps: &mut Steps, mm: &Mm) -> Result<()> {
     Ok(())
 }
 
+/// Locks what was locked: each VMA with VmFlags `lo` (on fault with `lf`), after its pages
+/// are in place, then the mm's default for new mappings (mlockall MCL_FUTURE, without
+/// MCL_CURRENT so the other VMAs stay as they are). The task still has rcr's privileges here
+/// (credentials come last), so RLIMIT_MEMLOCK does not refuse what the original had.
+pub fn lock(steps: &mut Steps, mm: &Mm) -> Result<()> {
+    const MLOCK_ONFAULT: u64 = 1;
+    for vma in mm.vmas.iter().filter(|v| !is_special(v.kind())) {
+        let flag = |name: &str| vma.vm_flags.iter().any(|f| f == name);
+        if !flag("lo") {
+            continue;
+        }
+        steps.room(1, 0)?;
+        let label = format!("mlock2 {:#x}-{:#x}", vma.start, vma.end);
+        let args = [
+            vma.start,
+            vma.end - vma.start,
+            if flag("lf") { MLOCK_ONFAULT } else { 0 },
+        ];
+        if vma.prot == 0 {
+            // The VMA is marked locked, then faulting its pages in fails with ENOMEM (no
+            // access): mlockall(MCL_CURRENT), which locked it in the original, ignores that.
+            steps.add_may_fail(label, libc::SYS_mlock2, &args);
+        } else {
+            steps.add(label, libc::SYS_mlock2, &args);
+        }
+    }
+    if mm.mlockall_flags != 0 {
+        steps.room(1, 0)?;
+        steps.add(
+            format!("mlockall({:#x})", mm.mlockall_flags),
+            libc::SYS_mlockall,
+            &[mm.mlockall_flags.into()],
+        );
+    }
+    Ok(())
+}
+
 const PR_SET_MM: u64 = 35;
 const PR_SET_MM_MAP: u64 = 14;
 

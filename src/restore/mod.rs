@@ -190,6 +190,7 @@ pub fn read_images(images: &ImageDir) -> Result<(Inventory, Vec<ProcessImages>)>
         if runs_total != page_map.pages_total || page_map.page_size != 4096 {
             bail!("pagemap-{}.img: inconsistent page counts", entry.pid);
         }
+        pages::check_checksums(entry.pid, &page_map)?;
         processes.push(ProcessImages {
             entry,
             images: Some(LiveImages {
@@ -557,7 +558,7 @@ fn restore_tree(
                 let _ = kill(pt::pid(pid as i32), Signal::SIGKILL);
             }
         }
-        let _ = waitpid(pt::pid(child), None);
+        reap_until(child);
     };
     let report = if pidns {
         init_read
@@ -577,6 +578,18 @@ fn restore_tree(
             processes[0].entry.pid
         );
     }
+    // The page checksums are verified on the other core while the processes are rebuilt
+    // (not earlier: rcr forks the tree's root only while it has one thread).
+    let verifier = match pages::Verifier::start(processes.iter().filter_map(|p| {
+        let live = p.images.as_ref()?;
+        Some((p.entry.pid, &live.page_map, &live.pages))
+    })) {
+        Ok(verifier) => verifier,
+        Err(err) => {
+            kill_all();
+            return Err(err);
+        }
+    };
     let mut seized = Vec::new();
     let outcome = (|| -> Result<()> {
         for process in processes {
@@ -602,6 +615,8 @@ fn restore_tree(
         }
         Ok(())
     })();
+    // Nothing of the tree's own has run yet: a corrupted pages image stops it here.
+    let outcome = outcome.and_then(|()| verifier.finish());
     match outcome {
         Ok(()) => {
             for (process, live) in processes
@@ -629,6 +644,26 @@ fn restore_tree(
         Err(err) => {
             kill_all();
             Err(err)
+        }
+    }
+}
+
+/// Reaps rcr's child `child` once it is dead. The threads rcr traces are reported to rcr
+/// as well, and a killed thread group leader is not reported before its other threads are
+/// reaped: waiting for the leader alone would wait forever. Every task rcr waits for here is
+/// one it created (the tree, or the namespace's init) or traces.
+fn reap_until(child: i32) {
+    use nix::sys::wait::WaitPidFlag;
+    loop {
+        match waitpid(None, Some(WaitPidFlag::__WALL)) {
+            Ok(WaitStatus::Exited(pid, _) | WaitStatus::Signaled(pid, _, _))
+                if pid.as_raw() == child =>
+            {
+                return;
+            }
+            Ok(_) => continue,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return,
         }
     }
 }
@@ -679,6 +714,7 @@ fn rebuild(pid: i32, live: &LiveImages, services: &Services, pids: &PidMap) -> R
         )?;
         pages::fill(&mut steps, &live.page_map, services.pages)?;
         mm::seal_protections(&mut steps, mm)?;
+        mm::lock(&mut steps, mm)?;
         mm::set_mm_fields(&mut steps, mm, services.exe)?;
         task::restore_in_task(&mut steps, &live.core, &live.fds)?;
         task::restore_thread_in_task(&mut steps, &live.core, leader)?;
@@ -709,6 +745,10 @@ fn rebuild(pid: i32, live: &LiveImages, services: &Services, pids: &PidMap) -> R
         }
         task::restore_final(&mut steps, &live.core)?;
         steps.flush()?;
+    }
+    if task::needs_tile_room(leader) {
+        // While the blob is still there: the leader's xstate is set after the cure.
+        parasite.touch_tiles(pid, &regs)?;
     }
     let final_regs = task::regs_from_proto(leader.regs.as_ref().unwrap(), &regs);
     parasite.cure(&final_regs)?;

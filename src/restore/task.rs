@@ -92,7 +92,7 @@ pub fn restore_in_task(
             &[PR_SET_THP_DISABLE, 1, 0, 0, 0],
         );
     }
-    if core.xcomp_perm & (1 << XFEATURE_XTILEDATA) != 0 {
+    if needs_tile_permission(core) {
         steps.add(
             "arch_prctl(ARCH_REQ_XCOMP_PERM)",
             libc::SYS_arch_prctl,
@@ -237,6 +237,24 @@ pub fn create_threads(steps: &mut Steps, core: &TaskCore) -> Result<()> {
     Ok(())
 }
 
+/// Whether the thread's saved xstate holds AMX tile data (XSTATE_BV bit 18 of the XSAVE
+/// header at offset 512). The kernel accepts such a state (PTRACE_SETREGSET) only into a
+/// thread whose register save area it has enlarged for tiles, which it does when the thread
+/// first uses a tile instruction with the permission: see [`Parasite::touch_tiles`]. The dump
+/// asks the same question to check that its restore would work (dump::task::XstateProbe).
+pub fn needs_tile_room(thread: &ThreadCore) -> bool {
+    thread
+        .xstate
+        .get(512..520)
+        .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+        .is_some_and(|bv| bv & (1 << XFEATURE_XTILEDATA) != 0)
+}
+
+/// Whether the process must ask for the AMX tile data permission (it had it at dump).
+pub fn needs_tile_permission(core: &TaskCore) -> bool {
+    core.xcomp_perm & (1 << XFEATURE_XTILEDATA) != 0
+}
+
 /// A new thread, stopped as it was born: its own state in its context, then its registers.
 pub fn finish_thread(
     parasite: &mut Parasite,
@@ -254,6 +272,9 @@ pub fn finish_thread(
     restore_thread_final(&mut steps, core, thread)?;
     steps.flush()?;
     drop(steps);
+    if needs_tile_room(thread) {
+        parasite.touch_tiles(tid, &regs)?;
+    }
     pt::set_regs(tid, &regs_from_proto(thread.regs.as_ref().unwrap(), &regs))?;
     restore_cpu(tid, thread)
 }

@@ -13,6 +13,7 @@ pub mod probe;
 pub mod ptrace;
 pub mod socket;
 pub mod tty;
+pub mod xstate;
 
 use std::io;
 
