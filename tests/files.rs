@@ -208,6 +208,55 @@ fn file_locks() {
     roundtrip("file_locks", "locks", 1);
 }
 
+/// The POSIX locks of `pid` in /proc/locks: (type, device:inode, start, end), sorted.
+fn posix_locks_of(pid: i32) -> Vec<String> {
+    let mut locks: Vec<String> = fs::read_to_string("/proc/locks")
+        .expect("read /proc/locks")
+        .lines()
+        .filter_map(|line| {
+            let w: Vec<&str> = line.split_whitespace().filter(|w| *w != "->").collect();
+            (w.len() >= 8 && w[1] == "POSIX" && w[4] == pid.to_string())
+                .then(|| format!("{} {} {} {}", w[3], w[5], w[6], w[7]))
+        })
+        .collect();
+    locks.sort();
+    locks
+}
+
+/// POSIX record locks on files the process also maps (shared and private), opens twice or
+/// only holds open: every one is back after the restore, as /proc/locks lists it (checked
+/// here while the restored workload waits for go) and as F_OFD_GETLK shows it to the
+/// workload itself.
+#[test]
+fn posix_locks_on_mapped_files() {
+    let mut h = Harness::new("posix_locks_on_mapped_files");
+    let w = h.spawn("locks-mapped");
+    let before = posix_locks_of(w.pid);
+    assert_eq!(
+        before.len(),
+        6,
+        "the workload's locks at ready: {before:#?}"
+    );
+    let img = h.path("img");
+    h.dump(&w, &img, &[]).assert_ok_for(&w);
+    h.reap_dumped_tree(&w);
+    let r = h.restore(&w, &img, &["--detach"]);
+    r.assert_ok_for(&w);
+    assert_eq!(r.pid, Some(w.pid), "pidfile vs the original pid");
+    assert_eq!(
+        posix_locks_of(w.pid),
+        before,
+        "the POSIX locks of the restored process"
+    );
+    w.go();
+    assert_eq!(
+        h.wait_exit(&w),
+        Ended::Code(0),
+        "the restored workload's exit"
+    );
+    w.assert_pass();
+}
+
 /// A file whose name was removed: content, mode, no name, one offset for two fds.
 #[test]
 fn unlinked_file() {

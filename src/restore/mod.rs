@@ -658,6 +658,9 @@ fn rebuild(pid: i32, live: &LiveImages, services: &Services, pids: &PidMap) -> R
             libc::SYS_close_range,
             &[services.first as u64, services.last as u64, 0],
         );
+        // File locks after the last close: closing any fd of a file (the restorer's fds of
+        // mapped files included) drops every POSIX lock the process holds on that file.
+        files::restore_locks(&mut steps, &live.fds)?;
         task::create_threads(&mut steps, &live.core)?;
         steps.flush()?;
         log::debug(&format!(
