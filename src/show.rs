@@ -576,6 +576,13 @@ fn text_fds(out: &mut String, pid: u32, fds: &Fds) {
                 if !u.name.is_empty() {
                     let _ = write!(text, " at {}", crate::dump::files::printable(&u.name));
                 }
+                if !u.renamed_to.is_empty() {
+                    let _ = write!(
+                        text,
+                        " (its file renamed to {})",
+                        crate::dump::files::printable(&u.renamed_to)
+                    );
+                }
                 if u.state == crate::dump::files::TCP_LISTEN {
                     let _ = write!(
                         text,

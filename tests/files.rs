@@ -403,6 +403,15 @@ fn unix_sockets() {
     roundtrip("unix_sockets", "unix", 1);
 }
 
+/// Sockets whose file was renamed after bind (a JVM's attach listener binds
+/// `.java_pidN.tmp`, then renames it): they come back reachable at the file's new name, with
+/// the name bind got (getsockname), a waiting connection and the file's mode; new clients
+/// connect to the new name.
+#[test]
+fn unix_socket_file_renamed() {
+    roundtrip("unix_socket_file_renamed", "unix-renamed", 1);
+}
+
 /// A listener in the root, a client in its child with an accepted connection (data queued
 /// both ways) and a connection still waiting: across processes, as within one.
 #[test]

@@ -35,7 +35,7 @@
 //! fork (root and one child, the protocol of procs.rs).
 //!
 //! Unix sockets (see unix.rs): `unix` (listeners, accepted and waiting connections,
-//! datagrams, a peer gone), `unix-outside` (connected to the test's listener) and
+//! datagrams, a peer gone), `unix-renamed` (socket files renamed after bind), `unix-outside` (connected to the test's listener) and
 //! `unix-fds-in-flight` (an fd sent with SCM_RIGHTS and unread: refused); `unixtree` (a
 //! connection and a waiting connection between two processes, the protocol of procs.rs).
 //!
@@ -267,6 +267,10 @@ fn setup(scenario: &str, ctx: &Ctx) -> Result<Setup, String> {
         }
         "unix-fds-in-flight" => {
             parts.push(Box::new(unix::FdsInFlight::new()?));
+            Wait::Poll
+        }
+        "unix-renamed" => {
+            parts.push(Box::new(unix::Renamed::new(ctx)?));
             Wait::Poll
         }
         "unix-outside" => {
