@@ -79,6 +79,14 @@ enum Command {
         /// place of the one it had, in rcr's session, in the foreground if it was.
         #[arg(long)]
         shell_job: bool,
+        /// A pipe whose other end was outside the dumped tree (`job | cat > log`) becomes fd
+        /// N, which rcr restore is given open (CRIU's form; repeat for each pipe). For a pipe
+        /// the tree's end gets a description of its own on the pipe handed in.
+        #[arg(long, value_name = "fd[N]:pipe:[INODE]")]
+        inherit_fd: Vec<String>,
+        /// Or it becomes /dev/null (a read end first reads what was unread at the dump).
+        #[arg(long, value_name = "pipe:[INODE]=null")]
+        external_pipe: Vec<String>,
     },
     /// Show which kernel features rcr needs and whether this machine has them.
     Check,
@@ -92,6 +100,18 @@ enum Command {
 }
 
 fn run(cli: Cli) -> anyhow::Result<u8> {
+    // The fds given to restore, checked before rcr opens anything (a log file could take
+    // the number of one the caller forgot).
+    let mut inherit_fds = Vec::new();
+    if let Command::Restore { inherit_fd, .. } = &cli.command {
+        for spec in inherit_fd {
+            let (fd, inode) = rcr::restore::files::parse_inherit_fd(spec)?;
+            if !rcr::sys::fd::is_open(fd) {
+                anyhow::bail!("--inherit-fd {spec}: fd {fd} is not open in rcr restore");
+            }
+            inherit_fds.push((fd, inode));
+        }
+    }
     let log_file = match &cli.log_file {
         Some(path) => Some(std::fs::File::create(path)?),
         None => None,
@@ -134,7 +154,13 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             pidns,
             ignore_file_size,
             shell_job,
+            inherit_fd: _,
+            external_pipe,
         } => {
+            let external_pipes = external_pipe
+                .iter()
+                .map(|spec| rcr::restore::files::parse_external_pipe(spec))
+                .collect::<anyhow::Result<Vec<_>>>()?;
             let code = rcr::restore::restore(&RestoreOptions {
                 dir,
                 detach,
@@ -142,6 +168,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 pidns,
                 ignore_file_size,
                 shell_job,
+                inherit_fds,
+                external_pipes,
             })?;
             Ok(code.clamp(0, 255) as u8)
         }

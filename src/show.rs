@@ -517,7 +517,7 @@ fn text_fds(out: &mut String, pid: u32, fds: &Fds) {
                 c.pos
             ),
             Some(fd::File::Pipe(p)) => format!(
-                "pipe:[{}] {} end {}{}",
+                "pipe:[{}] {} end {}{}{}",
                 p.inode,
                 if p.write_end { "write" } else { "read" },
                 open_flags(p.flags),
@@ -525,6 +525,11 @@ fn text_fds(out: &mut String, pid: u32, fds: &Fds) {
                     format!(" size {} holding {} bytes", p.pipe_size, p.data.len())
                 } else {
                     String::new()
+                },
+                if p.external {
+                    " (its other end outside the tree)"
+                } else {
+                    ""
                 }
             ),
             Some(fd::File::Eventfd(e)) => format!(

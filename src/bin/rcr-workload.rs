@@ -26,7 +26,7 @@
 //! Open files (see files.rs, which lists every fd number and value): `pipes` and
 //! `sharedfd` (a root and one child, the protocol of procs.rs), `memfd` (one process, its
 //! own flow: its maps comparison allows a memfd mapping a new inode number), `eventfd`,
-//! `fifo`, `locks`, `locks-mapped` (POSIX locks on files also mapped), `unlinked`, `fdowner`, `files-all` (every single-process kind at once),
+//! `fifo`, `locks`, `locks-mapped` (POSIX locks on files also mapped), `pipe-outside` (pipes whose other end the test holds), `unlinked`, `fdowner`, `files-all` (every single-process kind at once),
 //! `unsupported` (a unix socketpair), `unsupported-signalfd`, `unsupported-timerfd`,
 //! `unsupported-epoll` (all restored now; the names are historical), and for dumps that must
 //! be refused `unsupported-listen` (a TCP listener) and `unsupported-fanotify`.
@@ -291,6 +291,10 @@ fn setup(scenario: &str, ctx: &Ctx) -> Result<Setup, String> {
         }
         "locks" => {
             parts.push(Box::new(files::Locks::new(ctx)?));
+            Wait::Poll
+        }
+        "pipe-outside" => {
+            parts.push(Box::new(files::PipeOutside::new(ctx)?));
             Wait::Poll
         }
         "locks-mapped" => {

@@ -45,6 +45,12 @@ pub struct RestoreOptions {
     /// A job dumped with --shell-job: its fds on the external terminal become rcr's
     /// terminal (stdin), it joins rcr's session and gets the foreground if it had it.
     pub shell_job: bool,
+    /// --inherit-fd fd[N]:pipe:[INODE]: (N, INODE), fd N open in rcr (checked before rcr
+    /// opened anything): the tree's ends of that pipe, whose other end was outside the
+    /// tree, become it.
+    pub inherit_fds: Vec<(i32, u64)>,
+    /// --external-pipe pipe:[INODE]=CHOICE.
+    pub external_pipes: Vec<(u64, files::ExternalPipeChoice)>,
 }
 
 /// How the tree's pids (as the images have them) are seen from rcr: the same numbers, or,
@@ -213,7 +219,19 @@ pub fn restore(options: &RestoreOptions) -> Result<i32> {
         }
     }
     files::tty::check(&processes, options.shell_job)?;
-    let (pid, waited) = restore_tree(&images, &processes, options.pidns, options.shell_job)?;
+    let all_fds: Vec<(u32, &Fds)> = processes
+        .iter()
+        .filter_map(|p| Some((p.entry.pid, &p.images.as_ref()?.fds)))
+        .collect();
+    let external_pipes =
+        files::resolve_external_pipes(&all_fds, &options.inherit_fds, &options.external_pipes)?;
+    let (pid, waited) = restore_tree(
+        &images,
+        &processes,
+        options.pidns,
+        options.shell_job,
+        external_pipes,
+    )?;
     log::info(&format!(
         "pid {pid}: restored {} processes in {:.1} ms",
         processes.len(),
@@ -407,6 +425,7 @@ fn restore_tree(
     processes: &[ProcessImages],
     pidns: bool,
     shell_job: bool,
+    external_pipes: std::collections::HashMap<u64, files::ExternalPipe>,
 ) -> Result<(i32, i32)> {
     raise_nofile_limit();
     let current_layout = read_maps(std::process::id() as i32)?;
@@ -452,6 +471,7 @@ fn restore_tree(
         .collect();
     let mut opened = files::OpenedFiles::new(images, floor);
     opened.count_users(&all_fds);
+    opened.set_external_pipes(external_pipes);
     opened.create_pipes(&all_fds)?;
     opened.create_unix_sockets(&all_fds)?;
     opened.set_shell_job(shell_job);

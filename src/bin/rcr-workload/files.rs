@@ -1790,6 +1790,150 @@ impl crate::parts::Part for Locks {
 }
 
 // ---------------------------------------------------------------------------------------------
+// `pipe-outside`: pipes whose other end a process outside the tree holds, as a shell's
+// `workload | cat > log` and `producer | workload` leave them. The test (the workload's
+// parent) made two pipes and names in RCR_WORKLOAD_PIPE_FDS="W R" its fd of the write end of
+// the first and of the read end of the second; the workload opens them through
+// /proc/PPID/fd: fd 120 writes into the first (FD_CLOEXEC), fd 121 (O_NONBLOCK) reads the
+// second. Before ready it writes "before" into 120. After go it reads DIR/mode and reads 121
+// until end of file (5 s at most): `inherit` expects "queued" (what the test had written
+// before the dump) then "more" (written by the test after the restore), `null` expects
+// "queued" only; then it writes "after" into 120 (SIGPIPE is at its default, as in a C
+// program: a write end without a reader kills it). Flags and FD_CLOEXEC of both fds are as
+// at ready.
+
+const OUTSIDE_WRITE: i32 = 120;
+const OUTSIDE_READ: i32 = 121;
+
+pub struct PipeOutside {
+    mode_path: CString,
+    flags: [i32; 2],
+    fd_flags: [i32; 2],
+}
+
+impl PipeOutside {
+    pub fn new(ctx: &Ctx) -> Result<PipeOutside, String> {
+        let fds = std::env::var("RCR_WORKLOAD_PIPE_FDS")
+            .map_err(|_| "RCR_WORKLOAD_PIPE_FDS is not set".to_owned())?;
+        let mut numbers = fds.split_whitespace().map(|n| n.parse::<i32>());
+        let (Some(Ok(w)), Some(Ok(r))) = (numbers.next(), numbers.next()) else {
+            return Err(format!(
+                "RCR_WORKLOAD_PIPE_FDS `{fds}`: two fd numbers expected"
+            ));
+        };
+        // SAFETY: getppid has no arguments.
+        let parent = unsafe { libc::getppid() };
+        for (number, flags, at, cloexec) in [
+            (w, libc::O_WRONLY, OUTSIDE_WRITE, true),
+            (r, libc::O_RDONLY | libc::O_NONBLOCK, OUTSIDE_READ, false),
+        ] {
+            let path = sys::cstring(std::path::Path::new(&format!("/proc/{parent}/fd/{number}")));
+            let fd = sys::open(&path, flags, 0)
+                .map_err(|e| format!("open /proc/{parent}/fd/{number}: errno {e}"))?;
+            place(fd, at, cloexec)?;
+        }
+        // As a C program has it (Rust's runtime ignores SIGPIPE): a write into a pipe without
+        // a reader kills.
+        // SAFETY: signal() with a constant disposition.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+        sys::write_all(OUTSIDE_WRITE, b"before").map_err(|e| format!("write before: errno {e}"))?;
+        let mut me = PipeOutside {
+            mode_path: ctx.path("mode"),
+            flags: [0; 2],
+            fd_flags: [0; 2],
+        };
+        for (i, fd) in [OUTSIDE_WRITE, OUTSIDE_READ].into_iter().enumerate() {
+            // SAFETY: fcntl on our own fds.
+            unsafe {
+                me.flags[i] = libc::fcntl(fd, libc::F_GETFL);
+                me.fd_flags[i] = libc::fcntl(fd, libc::F_GETFD);
+            }
+        }
+        Ok(me)
+    }
+}
+
+impl crate::parts::Part for PipeOutside {
+    fn verify(&mut self, chk: &mut Check) {
+        for (i, fd) in [OUTSIDE_WRITE, OUTSIDE_READ].into_iter().enumerate() {
+            // SAFETY: fcntl on our own fds.
+            let (flags, fd_flags) = unsafe {
+                (
+                    libc::fcntl(fd, libc::F_GETFL),
+                    libc::fcntl(fd, libc::F_GETFD),
+                )
+            };
+            let mask = libc::O_ACCMODE | libc::O_NONBLOCK;
+            if flags & mask != self.flags[i] & mask || fd_flags != self.fd_flags[i] {
+                fail!(
+                    chk,
+                    "pipe-outside fd {fd}: F_GETFL {flags:#o} F_GETFD {fd_flags}, expected {:#o} and {}",
+                    self.flags[i],
+                    self.fd_flags[i]
+                );
+            }
+        }
+        let mut mode = [0u8; 32];
+        let n = match sys::open(&self.mode_path, libc::O_RDONLY, 0) {
+            Ok(fd) => {
+                let n = read_once(fd, &mut mode).unwrap_or(0);
+                sys::close(fd);
+                n
+            }
+            Err(e) => {
+                fail!(chk, "DIR/mode: errno {e}");
+                return;
+            }
+        };
+        let expected: &[u8] = match mode[..n].trim_ascii() {
+            b"inherit" => b"queuedmore",
+            b"null" => b"queued",
+            other => {
+                fail!(chk, "DIR/mode: unknown mode `{}`", Shown(other));
+                return;
+            }
+        };
+        let mut got = [0u8; 64];
+        let mut len = 0;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let eof = loop {
+            if Instant::now() > deadline {
+                break false;
+            }
+            let _ = poll_in(OUTSIDE_READ, 100);
+            match read_once(OUTSIDE_READ, &mut got[len..]) {
+                Ok(0) => break true,
+                Ok(k) => len += k,
+                Err(libc::EAGAIN) => {}
+                Err(e) => {
+                    fail!(chk, "read fd {OUTSIDE_READ}: errno {e}");
+                    return;
+                }
+            }
+            if len == got.len() {
+                break false;
+            }
+        };
+        if &got[..len] != expected || !eof {
+            fail!(
+                chk,
+                "fd {OUTSIDE_READ} read `{}`{}, expected `{}` then end of file",
+                Shown(&got[..len]),
+                if eof {
+                    " then end of file"
+                } else {
+                    " without end of file"
+                },
+                Shown(expected)
+            );
+        }
+        if let Err(e) = sys::write_all(OUTSIDE_WRITE, b"after") {
+            fail!(chk, "write after into fd {OUTSIDE_WRITE}: errno {e}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // `locks-mapped`: POSIX record locks on files the process also maps, as a database keeps its
 // shared-memory index (SQLite's WAL -shm file) locked while it maps it. Each file is 8 KiB:
 // - DIR/lock-shm: fd 110 (O_RDWR), mapped MAP_SHARED read-write (one byte written through
