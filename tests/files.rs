@@ -331,6 +331,29 @@ fn pipe_ends_outside_the_tree() {
         "a refused restore left pid {} behind",
         w.pid
     );
+    // Options that name no external pipe of the images, or an fd rcr was not given.
+    let line = h
+        .restore(&w, &img, &["--external-pipe", "pipe:[1]=null"])
+        .assert_refused()
+        .to_string();
+    assert!(
+        line.contains("pipe:[1]"),
+        "the refusal names the option: {line}"
+    );
+    let missing_fd = format!("fd[1000]:pipe:[{out_inode}]");
+    let line = h
+        .restore(&w, &img, &["--inherit-fd", &missing_fd])
+        .assert_refused()
+        .to_string();
+    assert!(
+        line.contains("fd 1000 is not open"),
+        "the refusal names fd 1000: {line}"
+    );
+    assert!(
+        !common::pid_exists(w.pid),
+        "a refused restore left pid {}",
+        w.pid
+    );
 
     // The very pipes of the dump handed back (a shell resuming `job | cat > log` with the
     // same cat), by whichever end the test holds: the restored fds are new descriptions of

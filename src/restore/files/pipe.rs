@@ -360,3 +360,38 @@ impl OpenedFiles {
         Ok(end)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inherit_fd_takes_criu_form_only() {
+        assert_eq!(parse_inherit_fd("fd[3]:pipe:[12345]").unwrap(), (3, 12345));
+        assert_eq!(parse_inherit_fd("fd[0]:pipe:[7]").unwrap(), (0, 7));
+        for bad in [
+            "3:pipe:[1]",
+            "fd[-1]:pipe:[1]",
+            "fd[x]:pipe:[1]",
+            "fd[3]:pipe:[]",
+            "fd[3]pipe:[1]",
+        ] {
+            assert!(parse_inherit_fd(bad).is_err(), "{bad} accepted");
+        }
+        let other = parse_inherit_fd("fd[3]:tty:[136:0]")
+            .unwrap_err()
+            .to_string();
+        assert!(other.contains("only pipes"), "{other}");
+    }
+
+    #[test]
+    fn external_pipe_choice() {
+        assert_eq!(
+            parse_external_pipe("pipe:[99]=null").unwrap(),
+            (99, ExternalPipeChoice::Null)
+        );
+        for bad in ["pipe:[99]", "pipe:[99]=zero", "99=null", "pipe:[x]=null"] {
+            assert!(parse_external_pipe(bad).is_err(), "{bad} accepted");
+        }
+    }
+}
