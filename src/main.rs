@@ -84,6 +84,14 @@ enum Command {
         /// process is refused at once.
         #[arg(long, value_name = "SECS", default_value_t = 10.0)]
         pid_wait: f64,
+        /// A pipe whose other end was outside the dumped tree (`job | cat > log`) becomes fd
+        /// N, which rcr restore is given open (CRIU's form; repeat for each pipe). For a pipe
+        /// the tree's end gets a description of its own on the pipe handed in.
+        #[arg(long, value_name = "fd[N]:pipe:[INODE]")]
+        inherit_fd: Vec<String>,
+        /// Or it becomes /dev/null (a read end first reads what was unread at the dump).
+        #[arg(long, value_name = "pipe:[INODE]=null")]
+        external_pipe: Vec<String>,
     },
     /// Show which kernel features rcr needs and whether this machine has them.
     Check,
@@ -97,6 +105,18 @@ enum Command {
 }
 
 fn run(cli: Cli) -> anyhow::Result<u8> {
+    // The fds given to restore, checked before rcr opens anything (a log file could take
+    // the number of one the caller forgot).
+    let mut inherit_fds = Vec::new();
+    if let Command::Restore { inherit_fd, .. } = &cli.command {
+        for spec in inherit_fd {
+            let (fd, inode) = rcr::restore::files::parse_inherit_fd(spec)?;
+            if !rcr::sys::fd::is_open(fd) {
+                anyhow::bail!("--inherit-fd {spec}: fd {fd} is not open in rcr restore");
+            }
+            inherit_fds.push((fd, inode));
+        }
+    }
     let log_file = match &cli.log_file {
         Some(path) => Some(std::fs::File::create(path)?),
         None => None,
@@ -140,10 +160,16 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             ignore_file_size,
             shell_job,
             pid_wait,
+            inherit_fd: _,
+            external_pipe,
         } => {
             if !(0.0..=86400.0).contains(&pid_wait) {
                 anyhow::bail!("--pid-wait {pid_wait}: expected seconds from 0 to 86400");
             }
+            let external_pipes = external_pipe
+                .iter()
+                .map(|spec| rcr::restore::files::parse_external_pipe(spec))
+                .collect::<anyhow::Result<Vec<_>>>()?;
             let code = rcr::restore::restore(&RestoreOptions {
                 dir,
                 detach,
@@ -152,6 +178,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 ignore_file_size,
                 shell_job,
                 pid_wait: std::time::Duration::from_secs_f64(pid_wait),
+                inherit_fds,
+                external_pipes,
             })?;
             Ok(code.clamp(0, 255) as u8)
         }

@@ -530,7 +530,7 @@ fn text_fds(out: &mut String, pid: u32, fds: &Fds) {
                 c.pos
             ),
             Some(fd::File::Pipe(p)) => format!(
-                "pipe:[{}] {} end {}{}",
+                "pipe:[{}] {} end {}{}{}",
                 p.inode,
                 if p.write_end { "write" } else { "read" },
                 open_flags(p.flags),
@@ -538,6 +538,11 @@ fn text_fds(out: &mut String, pid: u32, fds: &Fds) {
                     format!(" size {} holding {} bytes", p.pipe_size, p.data.len())
                 } else {
                     String::new()
+                },
+                if p.external {
+                    " (its other end outside the tree)"
+                } else {
+                    ""
                 }
             ),
             Some(fd::File::Eventfd(e)) => format!(
@@ -588,6 +593,13 @@ fn text_fds(out: &mut String, pid: u32, fds: &Fds) {
                 let mut text = format!("unix {kind} socket:[{}]", u.inode);
                 if !u.name.is_empty() {
                     let _ = write!(text, " at {}", crate::dump::files::printable(&u.name));
+                }
+                if !u.renamed_to.is_empty() {
+                    let _ = write!(
+                        text,
+                        " (its file renamed to {})",
+                        crate::dump::files::printable(&u.renamed_to)
+                    );
                 }
                 if u.state == crate::dump::files::TCP_LISTEN {
                     let _ = write!(

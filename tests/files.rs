@@ -208,6 +208,296 @@ fn file_locks() {
     roundtrip("file_locks", "locks", 1);
 }
 
+/// A new pipe of the test (close-on-exec ends).
+fn test_pipe() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe2")
+}
+
+fn inode_of(fd: &std::os::fd::OwnedFd) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(fd)
+    ))
+    .expect("stat a pipe")
+    .ino()
+}
+
+/// Everything readable from `fd` until end of file (10 s at most).
+fn read_to_eof(fd: std::os::fd::OwnedFd) -> Vec<u8> {
+    use std::io::Read;
+    let mut file = fs::File::from(fd);
+    let (done, waiter) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut all = Vec::new();
+        let _ = file.read_to_end(&mut all);
+        let _ = done.send(all);
+    });
+    waiter
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("end of file within 10 s")
+}
+
+/// `rcr restore` of `w` from `img` with `fds` of the test inherited (their FD_CLOEXEC cleared
+/// for this one run: the tests of this binary run one at a time, nothing else is spawned
+/// meanwhile).
+fn restore_inheriting(
+    h: &mut Harness,
+    w: &common::Workload,
+    img: &std::path::Path,
+    fds: &[std::os::fd::BorrowedFd],
+    extra: &[&str],
+) -> common::Run {
+    use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+    for fd in fds {
+        fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty())).expect("clear FD_CLOEXEC");
+    }
+    let run = h.restore(w, img, extra);
+    for fd in fds {
+        fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).expect("set FD_CLOEXEC");
+    }
+    run
+}
+
+/// `workload | cat > log` and `producer | workload`: the workload (the dumped tree) writes
+/// into a pipe whose read end the test holds and reads a pipe the test writes into. The dump
+/// says so (pid, fd, pipe:[INODE]) and leaves the data in the pipe the test reads ("before",
+/// written by the workload before the dump, is the test's, whole and once). A restore that
+/// is not told what those ends become is refused before any process exists, naming both;
+/// with `--inherit-fd fd[N]:pipe:[INODE]` the restored fds are on the pipes of the dump
+/// again, then (a second restore) on new pipes of the test: the workload reads what was
+/// queued for it at the dump ("queued", once) then what the test writes after, and what it
+/// writes reaches the test, without SIGPIPE; with
+/// `--external-pipe pipe:[INODE]=null` its input is "queued" then end of file and its output
+/// goes to /dev/null.
+#[test]
+fn pipe_ends_outside_the_tree() {
+    use std::io::Write;
+    use std::os::fd::{AsFd, AsRawFd};
+    let mut h = Harness::new("pipe_ends_outside_the_tree");
+    let (out_read, out_write) = test_pipe();
+    let (in_read, in_write) = test_pipe();
+    let (out_inode, in_inode) = (inode_of(&out_read), inode_of(&in_read));
+    let numbers = format!("{} {}", out_write.as_raw_fd(), in_read.as_raw_fd());
+    let w = h.spawn_env("pipe-outside", &[], &[("RCR_WORKLOAD_PIPE_FDS", &numbers)]);
+    // The workload has its own descriptions now: the test keeps only the other ends.
+    drop(out_write);
+    drop(in_read);
+    let mut in_write = fs::File::from(in_write);
+    in_write.write_all(b"queued").expect("queue input");
+    let img = h.path("img");
+    let dump = h.dump(&w, &img, &[]);
+    dump.assert_ok_for(&w);
+    for (fd, inode) in [(120, out_inode), (121, in_inode)] {
+        let line = dump
+            .stderr
+            .lines()
+            .find(|l| l.contains(&format!("pipe:[{inode}]")))
+            .unwrap_or_else(|| panic!("the dump names pipe:[{inode}]: {}", dump.stderr));
+        for word in [
+            w.pid.to_string(),
+            format!("fd {fd}"),
+            "outside".into(),
+            "--inherit-fd".into(),
+        ] {
+            assert!(line.contains(&word), "the dump's note names {word}: {line}");
+        }
+    }
+    h.reap_dumped(&w);
+    // The workload's output before the dump is the test's, whole, and nobody writes any more.
+    assert_eq!(
+        read_to_eof(out_read.try_clone().expect("dup")),
+        b"before",
+        "what the test reads of the first pipe"
+    );
+    w.go();
+
+    // Not told what the ends become: refused, naming both, before any process exists.
+    let refused = h.restore(&w, &img, &[]);
+    let line = refused.assert_refused().to_string();
+    for word in [
+        w.pid.to_string(),
+        "fd 120".into(),
+        "fd 121".into(),
+        format!("pipe:[{out_inode}]"),
+        format!("pipe:[{in_inode}]"),
+        "--inherit-fd".into(),
+        "--external-pipe".into(),
+    ] {
+        assert!(line.contains(&word), "the refusal names {word}: {line}");
+    }
+    assert!(
+        !common::pid_exists(w.pid),
+        "a refused restore left pid {} behind",
+        w.pid
+    );
+    // Options that name no external pipe of the images, or an fd rcr was not given.
+    let line = h
+        .restore(&w, &img, &["--external-pipe", "pipe:[1]=null"])
+        .assert_refused()
+        .to_string();
+    assert!(
+        line.contains("pipe:[1]"),
+        "the refusal names the option: {line}"
+    );
+    let missing_fd = format!("fd[1000]:pipe:[{out_inode}]");
+    let line = h
+        .restore(&w, &img, &["--inherit-fd", &missing_fd])
+        .assert_refused()
+        .to_string();
+    assert!(
+        line.contains("fd 1000 is not open"),
+        "the refusal names fd 1000: {line}"
+    );
+    assert!(
+        !common::pid_exists(w.pid),
+        "a refused restore left pid {}",
+        w.pid
+    );
+
+    // The very pipes of the dump handed back (a shell resuming `job | cat > log` with the
+    // same cat), by whichever end the test holds: the restored fds are new descriptions of
+    // them; "queued" is still in the input pipe and is not put in twice.
+    fs::write(w.dir.join("mode"), "inherit").expect("write mode");
+    let out_spec = format!("fd[{}]:pipe:[{out_inode}]", out_read.as_raw_fd());
+    let in_spec = format!("fd[{}]:pipe:[{in_inode}]", in_write.as_raw_fd());
+    let r = restore_inheriting(
+        &mut h,
+        &w,
+        &img,
+        &[out_read.as_fd(), in_write.as_fd()],
+        &[
+            "--detach",
+            "--inherit-fd",
+            &out_spec,
+            "--inherit-fd",
+            &in_spec,
+        ],
+    );
+    r.assert_ok_for(&w);
+    in_write.write_all(b"more").expect("write more input");
+    drop(in_write);
+    assert_eq!(
+        read_to_eof(out_read),
+        b"after",
+        "what the restored workload wrote into the pipe of the dump"
+    );
+    assert_eq!(
+        h.wait_exit(&w),
+        Ended::Code(0),
+        "the restored workload's exit"
+    );
+    w.assert_pass();
+
+    // New pipes handed in: the workload's output reaches the test, its input is what was
+    // queued at the dump (put into the new pipe by rcr), then what the test writes after.
+    let (new_out_read, new_out_write) = test_pipe();
+    let (new_in_read, new_in_write) = test_pipe();
+    // Nobody reads it but the restored workload.
+    drop(new_in_read);
+    let out_spec = format!("fd[{}]:pipe:[{out_inode}]", new_out_write.as_raw_fd());
+    // The input pipe by its write end (the test's end): rcr takes a read end of it.
+    let in_spec = format!("fd[{}]:pipe:[{in_inode}]", new_in_write.as_raw_fd());
+    let r = restore_inheriting(
+        &mut h,
+        &w,
+        &img,
+        &[new_out_write.as_fd(), new_in_write.as_fd()],
+        &[
+            "--detach",
+            "--inherit-fd",
+            &out_spec,
+            "--inherit-fd",
+            &in_spec,
+            // The first restored run wrote its PASS into the workload's stdout.
+            "--ignore-file-size",
+        ],
+    );
+    r.assert_ok_for(&w);
+    drop(new_out_write);
+    let mut new_in_write = fs::File::from(new_in_write);
+    new_in_write.write_all(b"more").expect("write more input");
+    drop(new_in_write);
+    assert_eq!(
+        read_to_eof(new_out_read),
+        b"after",
+        "what the restored workload wrote into the pipe it was given"
+    );
+    assert_eq!(
+        h.wait_exit(&w),
+        Ended::Code(0),
+        "the restored workload's exit"
+    );
+    w.assert_pass();
+
+    // /dev/null: its input is what was queued, then end of file; its output vanishes.
+    fs::write(w.dir.join("mode"), "null").expect("write mode");
+    let out_null = format!("pipe:[{out_inode}]=null");
+    let in_null = format!("pipe:[{in_inode}]=null");
+    let r = h.restore(
+        &w,
+        &img,
+        &[
+            "--external-pipe",
+            &out_null,
+            "--external-pipe",
+            &in_null,
+            "--ignore-file-size",
+        ],
+    );
+    r.assert_ok_for(&w);
+    w.assert_pass();
+}
+
+/// The POSIX locks of `pid` in /proc/locks: (type, device:inode, start, end), sorted.
+fn posix_locks_of(pid: i32) -> Vec<String> {
+    let mut locks: Vec<String> = fs::read_to_string("/proc/locks")
+        .expect("read /proc/locks")
+        .lines()
+        .filter_map(|line| {
+            let w: Vec<&str> = line.split_whitespace().filter(|w| *w != "->").collect();
+            (w.len() >= 8 && w[1] == "POSIX" && w[4] == pid.to_string())
+                .then(|| format!("{} {} {} {}", w[3], w[5], w[6], w[7]))
+        })
+        .collect();
+    locks.sort();
+    locks
+}
+
+/// POSIX record locks on files the process also maps (shared and private), opens twice or
+/// only holds open: every one is back after the restore, as /proc/locks lists it (checked
+/// here while the restored workload waits for go) and as F_OFD_GETLK shows it to the
+/// workload itself.
+#[test]
+fn posix_locks_on_mapped_files() {
+    let mut h = Harness::new("posix_locks_on_mapped_files");
+    let w = h.spawn("locks-mapped");
+    let before = posix_locks_of(w.pid);
+    assert_eq!(
+        before.len(),
+        6,
+        "the workload's locks at ready: {before:#?}"
+    );
+    let img = h.path("img");
+    h.dump(&w, &img, &[]).assert_ok_for(&w);
+    h.reap_dumped_tree(&w);
+    let r = h.restore(&w, &img, &["--detach"]);
+    r.assert_ok_for(&w);
+    assert_eq!(r.pid, Some(w.pid), "pidfile vs the original pid");
+    assert_eq!(
+        posix_locks_of(w.pid),
+        before,
+        "the POSIX locks of the restored process"
+    );
+    w.go();
+    assert_eq!(
+        h.wait_exit(&w),
+        Ended::Code(0),
+        "the restored workload's exit"
+    );
+    w.assert_pass();
+}
+
 /// A file whose name was removed: content, mode, no name, one offset for two fds.
 #[test]
 fn unlinked_file() {
@@ -352,6 +642,15 @@ fn inotify_watched_file_removed_before_restore() {
 #[test]
 fn unix_sockets() {
     roundtrip("unix_sockets", "unix", 1);
+}
+
+/// Sockets whose file was renamed after bind (a JVM's attach listener binds
+/// `.java_pidN.tmp`, then renames it): they come back reachable at the file's new name, with
+/// the name bind got (getsockname), a waiting connection and the file's mode; new clients
+/// connect to the new name.
+#[test]
+fn unix_socket_file_renamed() {
+    roundtrip("unix_socket_file_renamed", "unix-renamed", 1);
 }
 
 /// A listener in the root, a client in its child with an accepted connection (data queued

@@ -28,7 +28,7 @@
 //! Open files (see files.rs, which lists every fd number and value): `pipes` and
 //! `sharedfd` (a root and one child, the protocol of procs.rs), `memfd` (one process, its
 //! own flow: its maps comparison allows a memfd mapping a new inode number), `eventfd`,
-//! `fifo`, `locks`, `unlinked`, `fdowner`, `files-all` (every single-process kind at once),
+//! `fifo`, `locks`, `locks-mapped` (POSIX locks on files also mapped), `pipe-outside` (pipes whose other end the test holds), `unlinked`, `fdowner`, `files-all` (every single-process kind at once),
 //! `unsupported` (a unix socketpair), `unsupported-signalfd`, `unsupported-timerfd`,
 //! `unsupported-epoll` (all restored now; the names are historical), and for dumps that must
 //! be refused `unsupported-listen` (a TCP listener) and `unsupported-fanotify`.
@@ -37,7 +37,7 @@
 //! fork (root and one child, the protocol of procs.rs).
 //!
 //! Unix sockets (see unix.rs): `unix` (listeners, accepted and waiting connections,
-//! datagrams, a peer gone), `unix-outside` (connected to the test's listener) and
+//! datagrams, a peer gone), `unix-renamed` (socket files renamed after bind), `unix-outside` (connected to the test's listener) and
 //! `unix-fds-in-flight` (an fd sent with SCM_RIGHTS and unread: refused); `unixtree` (a
 //! connection and a waiting connection between two processes, the protocol of procs.rs).
 //!
@@ -281,6 +281,10 @@ fn setup(scenario: &str, ctx: &Ctx) -> Result<Setup, String> {
             parts.push(Box::new(unix::FdsInFlight::new()?));
             Wait::Poll
         }
+        "unix-renamed" => {
+            parts.push(Box::new(unix::Renamed::new(ctx)?));
+            Wait::Poll
+        }
         "unix-outside" => {
             parts.push(Box::new(unix::Outside::new(ctx)?));
             Wait::Poll
@@ -299,6 +303,14 @@ fn setup(scenario: &str, ctx: &Ctx) -> Result<Setup, String> {
         }
         "locks" => {
             parts.push(Box::new(files::Locks::new(ctx)?));
+            Wait::Poll
+        }
+        "pipe-outside" => {
+            parts.push(Box::new(files::PipeOutside::new(ctx)?));
+            Wait::Poll
+        }
+        "locks-mapped" => {
+            parts.push(Box::new(files::LocksMapped::new(ctx)?));
             Wait::Poll
         }
         "unlinked" => {

@@ -30,7 +30,8 @@ pub const FORMAT_MAJOR: u16 = 1;
 /// 1.3: fds pipes, eventfd, memfd (memfd-INODE.img), signalfd, timerfd, epoll, unlinked
 /// files (unlinked-INODE.img), FIFOs, file locks, unix socketpairs, file_id, fd owner/
 /// signal; mm memfd mappings.
-/// 1.4: unix sockets, inotify, ttys. 1.5: mm mlockall_flags.
+/// 1.4: unix sockets, inotify, ttys. 1.5: mm mlockall_flags and page checksums,
+/// unix socket renamed_to, pipe external.
 pub const FORMAT_MINOR: u16 = 5;
 const HEADER_LEN: usize = 20;
 const TRAILER_LEN: usize = 4;

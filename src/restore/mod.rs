@@ -48,6 +48,12 @@ pub struct RestoreOptions {
     /// How long to wait for pids of the tree held by zombies (not yet reaped by their
     /// parent) to be freed.
     pub pid_wait: std::time::Duration,
+    /// --inherit-fd fd[N]:pipe:[INODE]: (N, INODE), fd N open in rcr (checked before rcr
+    /// opened anything): the tree's ends of that pipe, whose other end was outside the
+    /// tree, become it.
+    pub inherit_fds: Vec<(i32, u64)>,
+    /// --external-pipe pipe:[INODE]=CHOICE.
+    pub external_pipes: Vec<(u64, files::ExternalPipeChoice)>,
 }
 
 /// How the tree's pids (as the images have them) are seen from rcr: the same numbers, or,
@@ -217,7 +223,13 @@ pub fn restore(options: &RestoreOptions) -> Result<i32> {
         }
     }
     files::tty::check(&processes, options.shell_job)?;
-    let (pid, waited) = restore_tree(&images, &processes, options)?;
+    let all_fds: Vec<(u32, &Fds)> = processes
+        .iter()
+        .filter_map(|p| Some((p.entry.pid, &p.images.as_ref()?.fds)))
+        .collect();
+    let external_pipes =
+        files::resolve_external_pipes(&all_fds, &options.inherit_fds, &options.external_pipes)?;
+    let (pid, waited) = restore_tree(&images, &processes, options, external_pipes)?;
     log::info(&format!(
         "pid {pid}: restored {} processes in {:.1} ms",
         processes.len(),
@@ -410,6 +422,7 @@ fn restore_tree(
     images: &ImageDir,
     processes: &[ProcessImages],
     options: &RestoreOptions,
+    external_pipes: std::collections::HashMap<u64, files::ExternalPipe>,
 ) -> Result<(i32, i32)> {
     let (pidns, shell_job) = (options.pidns, options.shell_job);
     raise_nofile_limit();
@@ -456,6 +469,7 @@ fn restore_tree(
         .collect();
     let mut opened = files::OpenedFiles::new(images, floor);
     opened.count_users(&all_fds);
+    opened.set_external_pipes(external_pipes);
     opened.create_pipes(&all_fds)?;
     opened.create_unix_sockets(&all_fds)?;
     opened.set_shell_job(shell_job);
@@ -726,6 +740,9 @@ fn rebuild(pid: i32, live: &LiveImages, services: &Services, pids: &PidMap) -> R
             libc::SYS_close_range,
             &[services.first as u64, u64::from(u32::MAX), 0],
         );
+        // File locks after the last close: closing any fd of a file (the restorer's fds of
+        // mapped files included) drops every POSIX lock the process holds on that file.
+        files::restore_locks(&mut steps, &live.fds)?;
         task::create_threads(&mut steps, &live.core)?;
         steps.flush()?;
         log::debug(&format!(

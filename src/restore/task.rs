@@ -66,7 +66,6 @@ pub fn restore_in_task(
         super::limits::restore_process(steps, limits)?;
     }
     super::files::restore_epoll_targets(steps, fds)?;
-    super::files::restore_locks(steps, fds)?;
     super::files::restore_owners(steps, fds)?;
     if let Some(signals) = &core.signals {
         super::signals::restore_shared(steps, signals, core.pid)?;

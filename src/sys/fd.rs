@@ -26,6 +26,28 @@ pub fn dup_at_if_free(fd: &impl AsRawFd, target: i32) -> io::Result<Option<Owned
     }
 }
 
+/// Takes fd number `fd` that rcr received open from its caller (`--inherit-fd fd[N]:...`): a
+/// close-on-exec duplicate of it numbered 3 or above, the number itself closed when it is
+/// not a standard stream (so that rcr holds no second copy of it). EBADF if it is not open.
+/// Call it before rcr opens anything of its own: a number rcr itself opened would be taken
+/// for the caller's.
+pub fn take_inherited(fd: i32) -> io::Result<OwnedFd> {
+    // SAFETY: fcntl on a descriptor number; no memory is passed.
+    let copy = owned(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) } as libc::c_long)?;
+    if fd > 2 {
+        // SAFETY: rcr never owns this number: its caller opened it, and rcr opened nothing
+        // yet; closing it leaves only the copy.
+        unsafe { libc::close(fd) };
+    }
+    Ok(copy)
+}
+
+/// Whether descriptor number `fd` is open in rcr.
+pub fn is_open(fd: i32) -> bool {
+    // SAFETY: fcntl on a descriptor number; no memory is passed.
+    unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
+}
+
 fn owned(fd: libc::c_long) -> io::Result<OwnedFd> {
     let fd = check(fd)?;
     // SAFETY: `fd` is a fresh descriptor nobody else owns.

@@ -1790,6 +1790,309 @@ impl crate::parts::Part for Locks {
 }
 
 // ---------------------------------------------------------------------------------------------
+// `pipe-outside`: pipes whose other end a process outside the tree holds, as a shell's
+// `workload | cat > log` and `producer | workload` leave them. The test (the workload's
+// parent) made two pipes and names in RCR_WORKLOAD_PIPE_FDS="W R" its fd of the write end of
+// the first and of the read end of the second; the workload opens them through
+// /proc/PPID/fd: fd 120 writes into the first (FD_CLOEXEC), fd 121 (O_NONBLOCK) reads the
+// second. Before ready it writes "before" into 120. After go it reads DIR/mode and reads 121
+// until end of file (5 s at most): `inherit` expects "queued" (what the test had written
+// before the dump) then "more" (written by the test after the restore), `null` expects
+// "queued" only; then it writes "after" into 120 (SIGPIPE is at its default, as in a C
+// program: a write end without a reader kills it). Flags and FD_CLOEXEC of both fds are as
+// at ready.
+
+const OUTSIDE_WRITE: i32 = 120;
+const OUTSIDE_READ: i32 = 121;
+
+pub struct PipeOutside {
+    mode_path: CString,
+    flags: [i32; 2],
+    fd_flags: [i32; 2],
+}
+
+impl PipeOutside {
+    pub fn new(ctx: &Ctx) -> Result<PipeOutside, String> {
+        let fds = std::env::var("RCR_WORKLOAD_PIPE_FDS")
+            .map_err(|_| "RCR_WORKLOAD_PIPE_FDS is not set".to_owned())?;
+        let mut numbers = fds.split_whitespace().map(|n| n.parse::<i32>());
+        let (Some(Ok(w)), Some(Ok(r))) = (numbers.next(), numbers.next()) else {
+            return Err(format!(
+                "RCR_WORKLOAD_PIPE_FDS `{fds}`: two fd numbers expected"
+            ));
+        };
+        // SAFETY: getppid has no arguments.
+        let parent = unsafe { libc::getppid() };
+        for (number, flags, at, cloexec) in [
+            (w, libc::O_WRONLY, OUTSIDE_WRITE, true),
+            (r, libc::O_RDONLY | libc::O_NONBLOCK, OUTSIDE_READ, false),
+        ] {
+            let path = sys::cstring(std::path::Path::new(&format!("/proc/{parent}/fd/{number}")));
+            let fd = sys::open(&path, flags, 0)
+                .map_err(|e| format!("open /proc/{parent}/fd/{number}: errno {e}"))?;
+            place(fd, at, cloexec)?;
+        }
+        // As a C program has it (Rust's runtime ignores SIGPIPE): a write into a pipe without
+        // a reader kills.
+        // SAFETY: signal() with a constant disposition.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+        sys::write_all(OUTSIDE_WRITE, b"before").map_err(|e| format!("write before: errno {e}"))?;
+        let mut me = PipeOutside {
+            mode_path: ctx.path("mode"),
+            flags: [0; 2],
+            fd_flags: [0; 2],
+        };
+        for (i, fd) in [OUTSIDE_WRITE, OUTSIDE_READ].into_iter().enumerate() {
+            // SAFETY: fcntl on our own fds.
+            unsafe {
+                me.flags[i] = libc::fcntl(fd, libc::F_GETFL);
+                me.fd_flags[i] = libc::fcntl(fd, libc::F_GETFD);
+            }
+        }
+        Ok(me)
+    }
+}
+
+impl crate::parts::Part for PipeOutside {
+    fn verify(&mut self, chk: &mut Check) {
+        for (i, fd) in [OUTSIDE_WRITE, OUTSIDE_READ].into_iter().enumerate() {
+            // SAFETY: fcntl on our own fds.
+            let (flags, fd_flags) = unsafe {
+                (
+                    libc::fcntl(fd, libc::F_GETFL),
+                    libc::fcntl(fd, libc::F_GETFD),
+                )
+            };
+            let mask = libc::O_ACCMODE | libc::O_NONBLOCK;
+            if flags & mask != self.flags[i] & mask || fd_flags != self.fd_flags[i] {
+                fail!(
+                    chk,
+                    "pipe-outside fd {fd}: F_GETFL {flags:#o} F_GETFD {fd_flags}, expected {:#o} and {}",
+                    self.flags[i],
+                    self.fd_flags[i]
+                );
+            }
+        }
+        let mut mode = [0u8; 32];
+        let n = match sys::open(&self.mode_path, libc::O_RDONLY, 0) {
+            Ok(fd) => {
+                let n = read_once(fd, &mut mode).unwrap_or(0);
+                sys::close(fd);
+                n
+            }
+            Err(e) => {
+                fail!(chk, "DIR/mode: errno {e}");
+                return;
+            }
+        };
+        let expected: &[u8] = match mode[..n].trim_ascii() {
+            b"inherit" => b"queuedmore",
+            b"null" => b"queued",
+            other => {
+                fail!(chk, "DIR/mode: unknown mode `{}`", Shown(other));
+                return;
+            }
+        };
+        let mut got = [0u8; 64];
+        let mut len = 0;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let eof = loop {
+            if Instant::now() > deadline {
+                break false;
+            }
+            let _ = poll_in(OUTSIDE_READ, 100);
+            match read_once(OUTSIDE_READ, &mut got[len..]) {
+                Ok(0) => break true,
+                Ok(k) => len += k,
+                Err(libc::EAGAIN) => {}
+                Err(e) => {
+                    fail!(chk, "read fd {OUTSIDE_READ}: errno {e}");
+                    return;
+                }
+            }
+            if len == got.len() {
+                break false;
+            }
+        };
+        if &got[..len] != expected || !eof {
+            fail!(
+                chk,
+                "fd {OUTSIDE_READ} read `{}`{}, expected `{}` then end of file",
+                Shown(&got[..len]),
+                if eof {
+                    " then end of file"
+                } else {
+                    " without end of file"
+                },
+                Shown(expected)
+            );
+        }
+        if let Err(e) = sys::write_all(OUTSIDE_WRITE, b"after") {
+            fail!(chk, "write after into fd {OUTSIDE_WRITE}: errno {e}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// `locks-mapped`: POSIX record locks on files the process also maps, as a database keeps its
+// shared-memory index (SQLite's WAL -shm file) locked while it maps it. Each file is 8 KiB:
+// - DIR/lock-shm: fd 110 (O_RDWR), mapped MAP_SHARED read-write (one byte written through
+//   the mapping); a POSIX read lock on bytes 0..9 and a write lock on 120..139.
+// - DIR/lock-priv: fd 111 (O_RDONLY), mapped MAP_PRIVATE read-write (one byte written, a
+//   private copy); a POSIX read lock on bytes 10..19.
+// - DIR/lock-twice: opened twice, fds 112 and 113 (two descriptions, both O_RDWR); a write
+//   lock on bytes 0..4 through 112, a read lock on 50..59 through 113; mapped MAP_SHARED
+//   read-only through 113.
+// - DIR/lock-plain: fd 114 (O_RDWR), not mapped, a write lock from byte 4096 to the end of
+//   the file (length 0).
+// After the restore each lock is there with its range and type: F_OFD_GETLK through the fd
+// that took it (an OFD lock request conflicts with the process' own POSIX locks, so the
+// kernel reports each one; nothing is opened or closed, which would drop them) gives back
+// the lock's type, start, length and this pid, and /proc/locks lists it for this pid.
+
+const MAPPED_LOCK_FDS: [i32; 5] = [110, 111, 112, 113, 114];
+const MAPPED_LOCK_FILES: [&str; 4] = ["lock-shm", "lock-priv", "lock-twice", "lock-plain"];
+/// (fd, write, start, length) of every lock `locks-mapped` holds.
+const MAPPED_LOCKS: [(i32, bool, i64, i64); 5] = [
+    (110, false, 0, 10),
+    (110, true, 120, 20),
+    (111, false, 10, 10),
+    (112, true, 0, 5),
+    (113, false, 50, 10),
+];
+const PLAIN_LOCK: (i32, bool, i64, i64) = (114, true, 4096, 0);
+
+pub struct LocksMapped {
+    /// Inode of the file of each lock of MAPPED_LOCKS, then of PLAIN_LOCK.
+    inodes: [u64; 6],
+    _maps: Vec<Mapping>,
+}
+
+/// A POSIX lock (F_SETLK) or an OFD probe (F_OFD_GETLK) on `fd`; returns the flock.
+fn record_lock(fd: i32, cmd: i32, write: bool, start: i64, len: i64) -> Result<libc::flock, i32> {
+    // SAFETY: struct flock is plain data.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = if write { libc::F_WRLCK } else { libc::F_RDLCK } as i16;
+    fl.l_whence = libc::SEEK_SET as i16;
+    fl.l_start = start;
+    fl.l_len = len;
+    // SAFETY: fcntl with a live struct flock.
+    if unsafe { libc::fcntl(fd, cmd, &mut fl) } != 0 {
+        return Err(errno());
+    }
+    Ok(fl)
+}
+
+fn fstat_inode(fd: i32) -> u64 {
+    // SAFETY: fstat into a zeroed struct.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        libc::fstat(fd, &mut st);
+        st.st_ino
+    }
+}
+
+impl LocksMapped {
+    pub fn new(ctx: &Ctx) -> Result<LocksMapped, String> {
+        const SIZE: usize = 8192;
+        let mut maps = Vec::new();
+        // The files, each 8 KiB of 'm'.
+        for name in MAPPED_LOCK_FILES {
+            let path = ctx.path(name);
+            let fd = sys::open(&path, libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC, 0o600)
+                .map_err(|e| format!("create {name}: errno {e}"))?;
+            sys::write_all(fd, &[b'm'; SIZE]).map_err(|e| format!("write {name}: errno {e}"))?;
+            sys::close(fd);
+        }
+        let opens = [
+            ("lock-shm", libc::O_RDWR),
+            ("lock-priv", libc::O_RDONLY),
+            ("lock-twice", libc::O_RDWR),
+            ("lock-twice", libc::O_RDWR),
+            ("lock-plain", libc::O_RDWR),
+        ];
+        for (i, (name, flags)) in opens.iter().enumerate() {
+            let fd = sys::open(&ctx.path(name), *flags, 0)
+                .map_err(|e| format!("open {name}: errno {e}"))?;
+            place(fd, MAPPED_LOCK_FDS[i], false)?;
+        }
+        let rw = libc::PROT_READ | libc::PROT_WRITE;
+        let mut shm = Mapping::file(110, SIZE, rw, libc::MAP_SHARED)?;
+        shm.bytes_mut()[100] = b'S';
+        let mut private = Mapping::file(111, SIZE, rw, libc::MAP_PRIVATE)?;
+        private.bytes_mut()[200] = b'P';
+        let twice = Mapping::file(113, SIZE, libc::PROT_READ, libc::MAP_SHARED)?;
+        maps.extend([shm, private, twice]);
+        let mut inodes = [0u64; 6];
+        for (i, &(fd, write, start, len)) in MAPPED_LOCKS.iter().chain([&PLAIN_LOCK]).enumerate() {
+            record_lock(fd, libc::F_SETLK, write, start, len)
+                .map_err(|e| format!("lock fd {fd} {start}+{len}: errno {e}"))?;
+            inodes[i] = fstat_inode(fd);
+        }
+        Ok(LocksMapped {
+            inodes,
+            _maps: maps,
+        })
+    }
+}
+
+impl crate::parts::Part for LocksMapped {
+    fn verify(&mut self, chk: &mut Check) {
+        let text = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+        let pid = sys::getpid();
+        let pid_text = pid.to_string();
+        for (i, &(fd, write, start, len)) in MAPPED_LOCKS.iter().chain([&PLAIN_LOCK]).enumerate() {
+            let kind = if write { "write" } else { "read" };
+            match record_lock(fd, libc::F_OFD_GETLK, true, start, len) {
+                Err(e) => fail!(chk, "locks-mapped: F_OFD_GETLK on fd {fd}: errno {e}"),
+                Ok(fl) if fl.l_type == libc::F_UNLCK as i16 => fail!(
+                    chk,
+                    "locks-mapped: the POSIX {kind} lock {start}+{len} taken through fd {fd} is gone"
+                ),
+                Ok(fl) => {
+                    let want = if write { libc::F_WRLCK } else { libc::F_RDLCK } as i16;
+                    if fl.l_type != want
+                        || fl.l_start != start
+                        || fl.l_len != len
+                        || fl.l_pid != pid
+                    {
+                        fail!(
+                            chk,
+                            "locks-mapped: fd {fd}: expected a {kind} lock {start}+{len} of pid {pid}, found type {} {}+{} of pid {}",
+                            fl.l_type,
+                            fl.l_start,
+                            fl.l_len,
+                            fl.l_pid
+                        );
+                    }
+                }
+            }
+            let end = if len == 0 {
+                "EOF".to_owned()
+            } else {
+                (start + len - 1).to_string()
+            };
+            let listed = text.lines().any(|line| {
+                let w: Vec<&str> = line.split_whitespace().filter(|w| *w != "->").collect();
+                w.len() >= 8
+                    && w[1] == "POSIX"
+                    && w[3] == if write { "WRITE" } else { "READ" }
+                    && w[4] == pid_text
+                    && w[5].rsplit(':').next() == Some(self.inodes[i].to_string().as_str())
+                    && w[6] == start.to_string()
+                    && w[7] == end
+            });
+            if !listed {
+                fail!(
+                    chk,
+                    "locks-mapped: /proc/locks lacks the POSIX {kind} lock {start}..{end} of fd {fd}"
+                );
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // `fifo`: a named pipe DIR/fifo, read end fd 40 (O_NONBLOCK), write end fd 41, holding
 // "through the fifo" unread. After the restore: both fds name DIR/fifo, the flags are as
 // before, the data comes out of fd 40, and a new write through 41 comes out too.

@@ -24,6 +24,9 @@
 //! then EOF; 69 still sends to 68; 71 reads "bye" then EOF; 72 still listens and its file is
 //! still gone.
 //!
+//! `unix-renamed`: a listener and a datagram socket whose files were renamed after bind (see
+//! the comment of `Renamed`).
+//!
 //! `unix-outside`: fd 10 connected to the stream listener ../outside.sock of the test (outside
 //! the tree), fd 11 a datagram socket connected to the test's ../outside-dgram.sock. After go
 //! it reads DIR/mode: `disconnect` (the test queued "queued" before the dump: 10 reads
@@ -634,6 +637,155 @@ impl crate::parts::Part for UnixSockets {
                 }
                 sys::close(sender);
                 expect_message("relative", RELATIVE, b"to-rel", chk);
+            }
+            Err(e) => fail!(chk, "{e}"),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// `unix-renamed`: sockets whose file was renamed after bind, as a JVM's attach listener binds
+// `.java_pidN.tmp` and renames it to `.java_pidN`.
+// - fd 125: stream listener bound to DIR/attach.tmp, its file renamed to DIR/attach and made
+//   mode 0640; fd 126: an unnamed client connected to it (through DIR/attach), not accepted.
+// - fd 127: datagram socket bound to the relative path "rel-dgram.tmp" (the cwd is DIR), its
+//   file renamed to "rel-dgram".
+// After go: getsockname shows the names bind got (DIR/attach.tmp, rel-dgram.tmp), as the
+// kernel keeps them; DIR/attach is a socket file of mode 0640 and DIR/attach.tmp does not
+// exist; 125 accepts 126's waiting connection and they talk, then a new client connects to
+// DIR/attach and is accepted; a datagram sent to DIR/rel-dgram reaches 127.
+
+const RENAMED_LISTENER: i32 = 125;
+const RENAMED_WAITING: i32 = 126;
+const RENAMED_DGRAM: i32 = 127;
+
+pub struct Renamed {
+    before: [FdSnap; 3],
+    bound_addr: Addr,
+    attach_addr: Addr,
+    attach_path: CString,
+    bound_path: CString,
+    rel_bound: Addr,
+    rel_now: Addr,
+}
+
+/// `old` renamed to `new`.
+fn rename(old: &CString, new: &CString) -> Result<(), String> {
+    // SAFETY: two NUL-terminated paths.
+    if unsafe { libc::rename(old.as_ptr(), new.as_ptr()) } != 0 {
+        return Err(format!("rename: errno {}", errno()));
+    }
+    Ok(())
+}
+
+impl Renamed {
+    pub fn new(ctx: &Ctx) -> Result<Renamed, String> {
+        let bound_path = ctx.path("attach.tmp");
+        let attach_path = ctx.path("attach");
+        let me = Renamed {
+            before: [FdSnap::EMPTY; 3],
+            bound_addr: Addr::new(bound_path.as_bytes()),
+            attach_addr: Addr::new(attach_path.as_bytes()),
+            attach_path,
+            bound_path,
+            rel_bound: Addr::new(b"rel-dgram.tmp"),
+            rel_now: Addr::new(ctx.path("rel-dgram").as_bytes()),
+        };
+        let l = new_socket(libc::SOCK_STREAM)?;
+        bind(l, &me.bound_addr)?;
+        listen(l, 4)?;
+        place(l, RENAMED_LISTENER, false)?;
+        rename(&me.bound_path, &me.attach_path)?;
+        // SAFETY: chmod of a path of this scenario.
+        if unsafe { libc::chmod(me.attach_path.as_ptr(), 0o640) } != 0 {
+            return Err(format!("chmod attach: errno {}", errno()));
+        }
+        let c = new_socket(libc::SOCK_STREAM)?;
+        connect(c, &me.attach_addr).map_err(fail_errno("connect to DIR/attach"))?;
+        place(c, RENAMED_WAITING, false)?;
+
+        let dir = ctx.path(".");
+        // SAFETY: chdir to a path of this scenario.
+        if unsafe { libc::chdir(dir.as_ptr()) } != 0 {
+            return Err(format!("chdir DIR: errno {}", errno()));
+        }
+        let d = new_socket(libc::SOCK_DGRAM)?;
+        bind(d, &me.rel_bound)?;
+        place(d, RENAMED_DGRAM, false)?;
+        rename(&ctx.path("rel-dgram.tmp"), &ctx.path("rel-dgram"))?;
+        Ok(me)
+    }
+
+    /// Accepts one connection on the listener (waiting up to 2 s) and checks it talks to
+    /// `client`.
+    fn accept_and_talk(&self, what: &str, client: i32, chk: &mut Check) {
+        let _ = poll_in(RENAMED_LISTENER, 2000);
+        match accept(RENAMED_LISTENER) {
+            Ok(conn) => {
+                if send(client, b"knock").is_err() {
+                    fail!(chk, "{what}: send errno {}", errno());
+                }
+                expect_message(what, conn, b"knock", chk);
+                if send(conn, b"come in").is_err() {
+                    fail!(chk, "{what}: send back errno {}", errno());
+                }
+                expect_message(what, client, b"come in", chk);
+                sys::close(conn);
+            }
+            Err(e) => fail!(chk, "{what}: accept on fd {RENAMED_LISTENER}: errno {e}"),
+        }
+    }
+}
+
+impl crate::parts::Part for Renamed {
+    fn before_ready(&mut self) {
+        self.before = snaps([RENAMED_LISTENER, RENAMED_WAITING, RENAMED_DGRAM]);
+    }
+
+    fn verify(&mut self, chk: &mut Check) {
+        verify_snaps("unix-renamed", &self.before, chk);
+        expect_name(
+            "renamed listener",
+            RENAMED_LISTENER,
+            false,
+            &self.bound_addr,
+            chk,
+        );
+        expect_name("renamed dgram", RENAMED_DGRAM, false, &self.rel_bound, chk);
+        // SAFETY: lstat into a zeroed struct, access on a path of this scenario.
+        unsafe {
+            let mut st: libc::stat = std::mem::zeroed();
+            if libc::lstat(self.attach_path.as_ptr(), &mut st) != 0 {
+                fail!(chk, "DIR/attach: lstat errno {}", errno());
+            } else if st.st_mode & libc::S_IFMT != libc::S_IFSOCK || st.st_mode & 0o7777 != 0o640 {
+                fail!(
+                    chk,
+                    "DIR/attach: mode {:o}, expected a socket of mode 0640",
+                    st.st_mode
+                );
+            }
+            if libc::access(self.bound_path.as_ptr(), libc::F_OK) == 0 {
+                fail!(chk, "DIR/attach.tmp exists");
+            }
+        }
+        self.accept_and_talk("waiting client", RENAMED_WAITING, chk);
+        match new_socket(libc::SOCK_STREAM) {
+            Ok(client) => {
+                match connect(client, &self.attach_addr) {
+                    Ok(()) => self.accept_and_talk("new client", client, chk),
+                    Err(e) => fail!(chk, "connect to DIR/attach: errno {e}"),
+                }
+                sys::close(client);
+            }
+            Err(e) => fail!(chk, "{e}"),
+        }
+        match new_socket(libc::SOCK_DGRAM) {
+            Ok(sender) => {
+                if let Err(e) = sendto(sender, b"to-renamed", &self.rel_now) {
+                    fail!(chk, "send to DIR/rel-dgram: {e}");
+                }
+                sys::close(sender);
+                expect_message("renamed dgram", RENAMED_DGRAM, b"to-renamed", chk);
             }
             Err(e) => fail!(chk, "{e}"),
         }

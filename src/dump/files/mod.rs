@@ -104,6 +104,8 @@ pub struct FileIds {
     /// still without one (with their first fd).
     epolls_registered: HashSet<u64>,
     epolls_unregistered: HashMap<u64, (i32, i32)>,
+    /// The tree's pipes: which ends it holds, which have an end outside it.
+    pipes: pipe::TreePipes,
 }
 
 impl FileIds {
@@ -118,9 +120,9 @@ impl FileIds {
         std::mem::take(&mut self.warnings)
     }
 
-    /// Notes the frozen tree `pids` whose pty fds are looked for at the first need (a
-    /// slave's master may be in a later process); `shell_job`: a terminal outside the tree
-    /// is the shell's (--shell-job).
+    /// Notes the frozen tree `pids` whose pty fds (and pipe ends) are looked for at the first
+    /// need (a slave's master, a pipe's other end may be in a later process); `shell_job`: a
+    /// terminal outside the tree is the shell's (--shell-job).
     pub fn scan_ttys(&mut self, pids: &[i32], shell_job: bool) {
         self.tty_scope = (pids.to_vec(), shell_job);
     }
@@ -309,6 +311,7 @@ pub fn collect(pid: i32, images: &ImageDir, ids: &mut FileIds) -> Result<Fds> {
             signal,
         });
     }
+    pipe::mark_external(&mut fds, ids)?;
     let link = |name: &str| -> Result<String> {
         Ok(fs::read_link(format!("/proc/{pid}/{name}"))
             .with_context(|| format!("pid {pid}: cannot read {name}"))?

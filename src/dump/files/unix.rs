@@ -205,22 +205,30 @@ pub(super) fn dump(one: &OneFd, ids: &mut FileIds) -> Result<Option<UnixSocket>>
     let name = info.name.clone().unwrap_or_default();
     let is_path = name.first().is_some_and(|&b| b != 0);
     // A relative path is relative to the binder's cwd at bind time: taken as the process'
-    // cwd now, which must hold that very socket file.
+    // cwd now, which must hold that very socket file (at its name, or renamed in the same
+    // directory).
     let mut bind_dir = String::new();
-    if is_path && name[0] != b'/' {
-        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd"))
-            .with_context(|| format!("{}: cwd", what()))?;
-        let found = std::fs::symlink_metadata(cwd.join(std::ffi::OsStr::from_bytes(&name)))
-            .is_ok_and(|m| Some(m.ino() as u32) == info.vfs_inode);
-        if !found {
-            bail!(
-                "{}: bound to the relative path {}, which is not its socket file from the process' cwd {} (not supported)",
-                what(),
-                printable(&name),
-                cwd.display()
-            );
+    let mut socket_file = None;
+    if is_path {
+        let relative = name[0] != b'/';
+        let base = if relative {
+            std::fs::read_link(format!("/proc/{pid}/cwd"))
+                .with_context(|| format!("{}: cwd", what()))?
+        } else {
+            std::path::PathBuf::new()
+        };
+        socket_file = find_socket_file(&base, &name, info.vfs_inode);
+        if relative {
+            if socket_file.is_none() {
+                bail!(
+                    "{}: bound to the relative path {}, which is not its socket file from the process' cwd {}, nor renamed in its directory (not supported)",
+                    what(),
+                    printable(&name),
+                    base.display()
+                );
+            }
+            bind_dir = base.to_string_lossy().into_owned();
         }
-        bind_dir = cwd.to_string_lossy().into_owned();
     }
     let waiting_on = table.waiting_on.get(&(inode as u32)).copied();
     if waiting_on.is_some() && info.wqueue > 0 {
@@ -246,15 +254,16 @@ pub(super) fn dump(one: &OneFd, ids: &mut FileIds) -> Result<Option<UnixSocket>>
             what()
         );
     }
-    // The socket file of a path name: as it is, or gone.
+    // The socket file of a path name: as it is (maybe renamed since bind), or gone.
     let (mut path_mode, mut path_uid, mut path_gid, mut path_removed) = (0, 0, 0, false);
+    let mut renamed_to = Vec::new();
     if is_path && !accepted {
-        let path = std::path::Path::new(&bind_dir).join(std::ffi::OsStr::from_bytes(&name));
-        match std::fs::symlink_metadata(path) {
-            Ok(meta) if Some(meta.ino() as u32) == info.vfs_inode => {
+        match socket_file {
+            Some((meta, renamed)) => {
                 (path_mode, path_uid, path_gid) = (meta.mode(), meta.uid(), meta.gid());
+                renamed_to = renamed.unwrap_or_default();
             }
-            _ => path_removed = true,
+            None => path_removed = true,
         }
     }
     let peer_name = match waiting_on {
@@ -323,7 +332,42 @@ pub(super) fn dump(one: &OneFd, ids: &mut FileIds) -> Result<Option<UnixSocket>>
         peek_offset: (peek_offset >= 0).then_some(peek_offset),
         options,
         bind_dir,
+        renamed_to,
     }))
+}
+
+/// The socket file of a socket bound to the path `name` (relative to `base`), found by its
+/// inode (UNIX_DIAG_VFS): at that name, or renamed since in the same directory (a rename
+/// keeps the inode), then with its new name in the form of `name`. None: not found there
+/// (removed, or moved to another directory).
+fn find_socket_file(
+    base: &std::path::Path,
+    name: &[u8],
+    vfs_inode: Option<u32>,
+) -> Option<(std::fs::Metadata, Option<Vec<u8>>)> {
+    use std::os::unix::fs::{DirEntryExt, FileTypeExt};
+    let vfs_inode = vfs_inode?;
+    let is_it = |m: &std::fs::Metadata| m.file_type().is_socket() && m.ino() as u32 == vfs_inode;
+    let path = base.join(std::ffi::OsStr::from_bytes(name));
+    if let Ok(meta) = std::fs::symlink_metadata(&path)
+        && is_it(&meta)
+    {
+        return Some((meta, None));
+    }
+    let dir = path.parent()?;
+    let prefix = &name[..name.iter().rposition(|&b| b == b'/').map_or(0, |i| i + 1)];
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        // d_ino may differ from st_ino (overlayfs): every socket is a candidate too.
+        .filter(|e| e.ino() as u32 == vfs_inode || e.file_type().is_ok_and(|t| t.is_socket()))
+        .find_map(|e| {
+            let meta = std::fs::symlink_metadata(e.path()).ok()?;
+            is_it(&meta).then(|| {
+                let renamed = [prefix, e.file_name().as_bytes()].concat();
+                (meta, Some(renamed))
+            })
+        })
 }
 
 fn stream_like(info: &UnixInfo) -> bool {

@@ -5,7 +5,8 @@ use anyhow::Result;
 use crate::image::proto::{Fds, LockKind};
 use crate::restore::steps::Steps;
 
-/// The process takes its file locks again once its fds are in place: flock, POSIX
+/// The process takes its file locks again once its fds are in place and nothing is closed
+/// after (a close of any fd on a file drops the process' POSIX locks on it): flock, POSIX
 /// (fcntl F_SETLK, owned by the process) and OFD (F_OFD_SETLK, owned by the description).
 /// Without waiting: a lock someone else took meanwhile fails the restore.
 pub fn restore_locks(steps: &mut Steps, fds: &Fds) -> Result<()> {

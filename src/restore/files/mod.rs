@@ -25,6 +25,9 @@ use nix::unistd::{Whence, lseek};
 
 pub use epoll::restore_epoll_targets;
 pub use locks::restore_locks;
+pub use pipe::{
+    ExternalPipe, ExternalPipeChoice, parse_external_pipe, parse_inherit_fd, resolve_external_pipes,
+};
 pub use regular::check_sizes;
 
 use crate::image::ImageDir;
@@ -77,6 +80,8 @@ pub struct OpenedFiles {
     ttys: tty::OpenedTtys,
     /// Descriptions that only one process of the tree has (they may be placed in place).
     single_process: std::collections::HashSet<u64>,
+    /// What the pipes whose other end was outside the tree become, by inode.
+    external_pipes: HashMap<u64, pipe::ExternalPipe>,
 }
 
 impl OpenedFiles {
@@ -93,6 +98,7 @@ impl OpenedFiles {
             held: Vec::new(),
             ttys: Default::default(),
             single_process: Default::default(),
+            external_pipes: HashMap::new(),
         }
     }
 

@@ -223,6 +223,29 @@ fn bind_to(sock: &OwnedFd, address: Address, what: &str) -> Result<()> {
     }
 }
 
+/// Moves a restored socket's file from the name it was bound to to the name it had at the
+/// dump. A file there that is a socket no live socket holds (left by the dumped process) is
+/// replaced; anything else there is an error.
+fn rename_socket_file(from: &Path, to: &Path, what: &str) -> Result<()> {
+    if let Ok(meta) = std::fs::symlink_metadata(to) {
+        let live = crate::sys::socket::unix_sockets().context("sock_diag")?;
+        let held = live.values().any(|i| i.is_file(&meta));
+        if held || !meta.file_type().is_socket() {
+            bail!(
+                "{what}: its socket file was renamed to {}, which is in use (by a live socket, or not a socket)",
+                to.display()
+            );
+        }
+    }
+    std::fs::rename(from, to).with_context(|| {
+        format!(
+            "{what}: renaming its socket file {} to {}",
+            from.display(),
+            to.display()
+        )
+    })
+}
+
 fn connect_to(sock: &OwnedFd, address: Address, what: &str) -> Result<()> {
     let fd = sock.as_raw_fd();
     address
@@ -434,12 +457,21 @@ impl OpenedFiles {
             }
         }
 
-        // Socket files as they were: their mode and owner, or removed.
+        // Socket files as they were: renamed since bind, their mode and owner, or removed.
         for s in sockets.values() {
             if s.name.first().is_none_or(|&b| b == 0) || s.accepted {
                 continue;
             }
-            let path = Address::of(s).file();
+            let mut path = Address::of(s).file();
+            if !s.renamed_to.is_empty() {
+                let now = Address {
+                    name: &s.renamed_to,
+                    dir: &s.bind_dir,
+                }
+                .file();
+                rename_socket_file(&path, &now, &what(s))?;
+                path = now;
+            }
             if s.path_removed {
                 std::fs::remove_file(path)
                     .with_context(|| format!("{}: removing its file again", what(s)))?;
