@@ -5,7 +5,7 @@ use std::fs::{self, File};
 use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl};
 
 use super::{FileIds, OneFd};
@@ -21,7 +21,7 @@ pub(super) fn dump(one: &OneFd, ids: &mut FileIds) -> Result<Pipe> {
     } = *one;
     let fifo_path = if link.starts_with('/') {
         if link.ends_with(" (deleted)") {
-            bail!("pid {pid} fd {fd}: removed FIFO {link} is not supported");
+            crate::refuse!("pid {pid} fd {fd}: removed FIFO {link} is not supported");
         }
         link.to_owned()
     } else {
