@@ -22,7 +22,7 @@ use std::fs;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
 pub use chardev::PORTABLE_CHAR_DEVICES;
 pub use memfd::save_memfd;
@@ -150,7 +150,7 @@ impl FileIds {
     /// what to do with it), every epoll has a process to make its registrations again.
     pub fn check_whole_tree(&self) -> Result<()> {
         if let Some((pid, fd)) = self.epolls_unregistered.values().min() {
-            bail!(
+            crate::refuse!(
                 "pid {pid} fd {fd}: epoll registrations name fds that no process of the tree holds at those numbers (not supported)"
             );
         }
@@ -274,9 +274,11 @@ pub fn collect(pid: i32, images: &ImageDir, ids: &mut FileIds) -> Result<Fds> {
             fd::File::Unix(socket)
         } else {
             let kind = if link.starts_with("socket:") {
-                copy.as_ref()
+                let what = copy
+                    .as_ref()
                     .and_then(|c| crate::sys::socket::describe(c).ok())
-                    .unwrap_or_else(|| "socket".to_owned())
+                    .unwrap_or_else(|| "socket".to_owned());
+                crate::refuse!("pid {pid} fd {fd}: {what} ({link}): not supported yet");
             } else if file_type.is_fifo() {
                 "FIFO".to_owned()
             } else if file_type.is_block_device() {
@@ -292,7 +294,7 @@ pub fn collect(pid: i32, images: &ImageDir, ids: &mut FileIds) -> Result<Fds> {
             } else {
                 link.clone()
             };
-            bail!("pid {pid} fd {fd}: unsupported file kind {kind} ({link})");
+            crate::refuse!("pid {pid} fd {fd}: unsupported file kind {kind} ({link})");
         };
         // Owner and signal belong to the description: read once, through the copy.
         let (owner_kind, owner_pid, signal) = copy.as_ref().map_or((0, 0, 0), |c| {
