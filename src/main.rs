@@ -25,8 +25,8 @@ Exit status:
   rcr restore without --detach exits with the restored tree's own status once it runs
   (128+N when signal N killed it).
 
-Privileges: root, or CAP_SYS_ADMIN (or CAP_CHECKPOINT_RESTORE) with CAP_SYS_PTRACE;
-`rcr check` tells what this machine allows."
+Privileges: run as root (CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE, and CAP_SYS_PTRACE;
+more to restore other credentials or rlimits): `rcr check` tells what this machine allows."
 )]
 struct Cli {
     /// More detail on stderr (-v info, -vv debug).
