@@ -291,10 +291,19 @@ pub fn collect(pid: i32, images: &ImageDir, ids: &mut FileIds) -> Result<Fds> {
                     libc::major(rdev),
                     libc::minor(rdev)
                 )
+            } else if let Some(name) = link.strip_prefix("anon_inode:") {
+                // "anon_inode:[fanotify]", "anon_inode:[pidfd]", "anon_inode:bpf-map"...
+                format!(
+                    "{} file",
+                    name.trim_start_matches('[').trim_end_matches(']')
+                )
             } else {
                 link.clone()
             };
-            crate::refuse!("pid {pid} fd {fd}: unsupported file kind {kind} ({link})");
+            if kind == link {
+                crate::refuse!("pid {pid} fd {fd}: {link}: not supported yet");
+            }
+            crate::refuse!("pid {pid} fd {fd}: {kind} ({link}): not supported yet");
         };
         // Owner and signal belong to the description: read once, through the copy.
         let (owner_kind, owner_pid, signal) = copy.as_ref().map_or((0, 0, 0), |c| {
