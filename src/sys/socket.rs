@@ -298,7 +298,7 @@ fn describe_inet(sock: &impl AsRawFd, domain: i32, sock_type: i32, protocol: i32
     let peer = inet_address(sock, true);
     let mut text = match (&local, &peer) {
         (Some(local), _) if local.port() != 0 || peer.is_some() => format!("{name} {local}"),
-        _ => format!("{name} socket, not bound"),
+        _ => return format!("{name} socket, not bound"),
     };
     if let Some(peer) = peer {
         text.push_str(&format!(" -> {peer}"));
@@ -539,4 +539,75 @@ pub fn set_options(sock: &impl AsRawFd, want: &Options) -> io::Result<()> {
         set_timeout_us(sock, libc::SO_RCVTIMEO, want.rcvtimeo_us)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{TcpListener, TcpStream, UdpSocket};
+
+    /// A socket of rcr's own (this test's), closed on drop.
+    fn raw_socket(domain: i32, sock_type: i32, protocol: i32) -> io::Result<OwnedFd> {
+        // SAFETY: a new socket, owned below.
+        let fd = check(
+            unsafe { libc::socket(domain, sock_type | libc::SOCK_CLOEXEC, protocol) }
+                as libc::c_long,
+        )?;
+        // SAFETY: fd is fresh and ours.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    }
+
+    #[test]
+    fn tcp_sockets_by_address_and_state() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        assert_eq!(
+            describe(&listener).unwrap(),
+            format!("TCP 127.0.0.1:{port} listening")
+        );
+        let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        let client_port = client.local_addr().unwrap().port();
+        assert_eq!(
+            describe(&client).unwrap(),
+            format!("TCP 127.0.0.1:{client_port} -> 127.0.0.1:{port} established")
+        );
+        assert_eq!(
+            describe(&accepted).unwrap(),
+            format!("TCP 127.0.0.1:{port} -> 127.0.0.1:{client_port} established")
+        );
+        let unbound = raw_socket(libc::AF_INET, libc::SOCK_STREAM, 0).unwrap();
+        assert_eq!(describe(&unbound).unwrap(), "TCP socket, not bound");
+    }
+
+    #[test]
+    fn udp_sockets_v4_and_v6() {
+        let v4 = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = v4.local_addr().unwrap().port();
+        assert_eq!(describe(&v4).unwrap(), format!("UDP 127.0.0.1:{port}"));
+        // IPv6 loopback may be absent (disabled): then there is nothing to check.
+        if let Ok(v6) = UdpSocket::bind("[::1]:0") {
+            let port6 = v6.local_addr().unwrap().port();
+            v6.connect(("::1", port6)).unwrap();
+            assert_eq!(
+                describe(&v6).unwrap(),
+                format!("UDP [::1]:{port6} -> [::1]:{port6}")
+            );
+        }
+    }
+
+    #[test]
+    fn other_families_by_name() {
+        let netlink = raw_socket(libc::AF_NETLINK, libc::SOCK_RAW, 0).unwrap();
+        assert_eq!(describe(&netlink).unwrap(), "netlink NETLINK_ROUTE socket");
+        let diag = raw_socket(libc::AF_NETLINK, libc::SOCK_DGRAM, NETLINK_SOCK_DIAG).unwrap();
+        assert_eq!(describe(&diag).unwrap(), "netlink NETLINK_SOCK_DIAG socket");
+        // Packet and raw IP sockets need CAP_NET_RAW: checked where the test has it.
+        if let Ok(packet) = raw_socket(libc::AF_PACKET, libc::SOCK_DGRAM, 0) {
+            assert_eq!(describe(&packet).unwrap(), "packet socket (datagram)");
+        }
+        if let Ok(raw) = raw_socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) {
+            assert_eq!(describe(&raw).unwrap(), "raw IPv4 socket (protocol 1)");
+        }
+    }
 }
