@@ -3,7 +3,8 @@
 # count on from where it stopped, with the same PID.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+# Sourced: the Rust toolchain it finds or installs is on PATH for what follows.
+. scripts/setup.sh
 cargo build --release --bins -q
 RCR=$PWD/target/release/rcr
 WORKLOAD=$PWD/target/release/rcr-workload

@@ -3,7 +3,8 @@
 # formatting and lints.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+# Sourced: the Rust toolchain it finds or installs is on PATH for what follows.
+. scripts/setup.sh
 cargo fmt --all -- --check
 cargo clippy --release --all-targets -- -D warnings
 cargo test --release

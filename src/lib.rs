@@ -2,6 +2,7 @@
 
 pub mod check;
 pub mod dump;
+pub mod error;
 pub mod image;
 pub mod log;
 pub mod parasite;

@@ -13,7 +13,20 @@ use rcr::restore::RestoreOptions;
 #[command(
     name = "rcr",
     version,
-    about = "Checkpoint and restore Linux processes"
+    about = "Checkpoint and restore Linux processes",
+    after_help = "\
+Exit status:
+  0  done
+  1  failed: an error from the system, a damaged image...
+  2  bad command line
+  3  refused: rcr will not do it as asked and changed nothing (the tree holds something
+     rcr does not support, an option is missing, or the image directory is not one to
+     use; the message says which)
+  rcr restore without --detach exits with the restored tree's own status once it runs
+  (128+N when signal N killed it).
+
+Privileges: run as root (CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE, and CAP_SYS_PTRACE;
+more to restore other credentials or rlimits): `rcr check` tells what this machine allows."
 )]
 struct Cli {
     /// More detail on stderr (-v info, -vv debug).
@@ -39,7 +52,8 @@ enum Command {
         /// The process to dump.
         #[arg(short = 't', long = "tree", value_name = "PID")]
         pid: i32,
-        /// The image directory (created if missing).
+        /// The image directory: created if missing; one that already holds rcr images is
+        /// refused (use an empty or new directory).
         #[arg(short = 'D', long = "images-dir", value_name = "DIR")]
         dir: PathBuf,
         /// Let the process run on after the dump instead of killing it.
@@ -212,7 +226,11 @@ fn main() -> ExitCode {
             // One line: the outermost context and its causes, joined.
             let causes: Vec<String> = err.chain().map(|c| c.to_string()).collect();
             eprintln!("rcr: {}", causes.join(": "));
-            ExitCode::FAILURE
+            ExitCode::from(if rcr::error::is_refusal(&err) {
+                rcr::error::EXIT_REFUSED
+            } else {
+                rcr::error::EXIT_FAILURE
+            })
         }
     }
 }

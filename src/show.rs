@@ -10,7 +10,7 @@ use std::fs;
 use std::io::Write as _;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use serde_json::{Map, Value, json};
 
 use crate::image::proto::{
@@ -104,6 +104,9 @@ pub fn load(dir: &Path) -> Result<ImageSet> {
         } else {
             set.skipped.push(name);
         }
+    }
+    if set.inventory.is_none() && set.pstree.is_none() && set.processes.is_empty() {
+        bail!("{} holds no rcr images", dir.display());
     }
     set.skipped.sort();
     Ok(set)
@@ -1166,6 +1169,17 @@ mod tests {
         fs::write(&path, bytes).unwrap();
         let err = format!("{:#}", load(&tmp.0).unwrap_err());
         assert!(err.contains("mm-4242.img"), "{err}");
+    }
+
+    #[test]
+    fn directory_without_images_is_an_error() {
+        let tmp = TempDir::new("noimages");
+        fs::create_dir_all(&tmp.0).unwrap();
+        let err = format!("{:#}", load(&tmp.0).unwrap_err());
+        assert!(err.contains("holds no rcr images"), "{err}");
+        fs::write(tmp.0.join("notes.txt"), "not an image").unwrap();
+        let err = format!("{:#}", load(&tmp.0).unwrap_err());
+        assert!(err.contains("holds no rcr images"), "{err}");
     }
 
     #[test]

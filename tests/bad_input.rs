@@ -1,12 +1,18 @@
 //! rcr refuses bad requests and bad images with one `rcr: ` line and a non-zero exit, and
-//! nothing is lost: a workload it failed to dump keeps running untouched, and a refused
-//! restore creates no process.
+//! nothing is lost: a workload it failed to dump keeps running untouched, a failed dump
+//! leaves no image and no directory it created, and a refused restore creates no process.
+//! The exit code tells a refusal (3: rcr will not do it as asked) from a failure (1).
 
 mod common;
 
 use common::{Ended, Harness, RCR, Workload, pid_exists, proc_maps};
 use std::fs;
 use std::path::Path;
+
+/// Exit code of a failure.
+const FAILED: i32 = 1;
+/// Exit code of a refusal.
+const REFUSED: i32 = 3;
 
 /// A pid no process can have: above /proc/sys/kernel/pid_max.
 fn impossible_pid() -> i32 {
@@ -54,6 +60,11 @@ fn dump_missing_pid() {
         line.contains(&pid.to_string()),
         "the message names the pid: {line}"
     );
+    assert_eq!(
+        r.ended,
+        Ended::Code(FAILED),
+        "no such process is a failure: {line}"
+    );
 }
 
 /// rcr must refuse pid 1 without touching it. So that a broken rcr could never touch the
@@ -85,6 +96,7 @@ fn dump_pid_1() {
     }
     let line = r.assert_refused();
     assert!(line.contains('1'), "the message names pid 1: {line}");
+    assert_eq!(r.ended, Ended::Code(REFUSED), "exit code: {line}");
 }
 
 /// rcr must refuse to dump its own ancestors: here the test process (its parent).
@@ -104,7 +116,8 @@ fn dump_own_ancestor() {
         ],
         &[],
     );
-    r.assert_refused();
+    let line = r.assert_refused();
+    assert_eq!(r.ended, Ended::Code(REFUSED), "exit code: {line}");
 }
 
 /// rcr must refuse to dump itself.
@@ -114,7 +127,8 @@ fn dump_self() {
     let img = h.path("img");
     let script = r#"exec "$0" dump -t $$ -D "$1" --leave-running"#;
     let r = h.run("sh", &["-c", script, RCR, &img.to_string_lossy()], &[]);
-    r.assert_refused();
+    let line = r.assert_refused();
+    assert_eq!(r.ended, Ended::Code(REFUSED), "exit code: {line}");
 }
 
 /// A dump into `img` (not a writable directory) fails and the workload is untouched.
@@ -256,8 +270,10 @@ fn dump_fault(name: &str, point: &str) {
     h.wait_blocked(&w);
     let maps = proc_maps(w.pid);
     let img = h.path("img");
-    h.dump_env(&w, &img, &[], &[("RCR_FAULT_INJECT", point)])
-        .assert_refused();
+    let r = h.dump_env(&w, &img, &[], &[("RCR_FAULT_INJECT", point)]);
+    let line = r.assert_refused();
+    assert_eq!(r.ended, Ended::Code(FAILED), "a fault is a failure: {line}");
+    assert!(!img.exists(), "the failed dump left {}", img.display());
     assert_nothing_lost(&mut h, &w, &maps);
 }
 
@@ -274,4 +290,134 @@ fn dump_fault_after_infect() {
 #[test]
 fn dump_fault_after_pages() {
     dump_fault("dump_fault_after_pages", "after-pages");
+}
+
+/// A second dump into a directory that already holds images is refused (they would mix: `rcr
+/// show` and `rcr restore` would then read one tree's images with another's), naming the
+/// directory; the images there are as they were and the second workload runs on untouched.
+#[test]
+fn dump_into_a_directory_holding_images() {
+    let mut h = Harness::new("dump_into_a_directory_holding_images");
+    let first = h.spawn("prot");
+    let img = h.path("img");
+    h.dump(&first, &img, &["--leave-running"])
+        .assert_ok_for(&first);
+    let listing = |dir: &Path| -> Vec<(String, Vec<u8>)> {
+        let mut files: Vec<(String, Vec<u8>)> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let name = e.file_name().to_string_lossy().into_owned();
+                (name, fs::read(e.path()).unwrap())
+            })
+            .collect();
+        files.sort();
+        files
+    };
+    let before = listing(&img);
+    let second = h.spawn("prot");
+    let maps = proc_maps(second.pid);
+    let r = h.dump(&second, &img, &[]);
+    let line = r.assert_refused();
+    assert_eq!(r.ended, Ended::Code(REFUSED), "exit code: {line}");
+    assert!(
+        line.contains(&img.display().to_string()) && line.contains("already holds rcr images"),
+        "the message names the directory and why: {line}"
+    );
+    assert!(
+        listing(&img) == before,
+        "the first dump's images changed: {:?}",
+        listing(&img).iter().map(|f| &f.0).collect::<Vec<_>>()
+    );
+    assert_nothing_lost(&mut h, &second, &maps);
+    first.go();
+    assert_eq!(
+        h.wait_exit(&first),
+        Ended::Code(0),
+        "first workload exit status"
+    );
+    first.assert_pass();
+}
+
+/// A failed dump leaves the place as it found it: the directories it created (here two
+/// levels) are gone, and a directory that existed (empty, or with a file of the user's) is
+/// still there with nothing added.
+#[test]
+fn failed_dump_leaves_no_image_directory() {
+    let mut h = Harness::new("failed_dump_leaves_no_image_directory");
+    let w = h.spawn("prot");
+    let maps = proc_maps(w.pid);
+    let fault = [("RCR_FAULT_INJECT", "after-pages")];
+    let created = h.path("new");
+    let img = created.join("img");
+    h.dump_env(&w, &img, &[], &fault).assert_refused();
+    assert!(
+        !created.exists(),
+        "the failed dump left {}",
+        created.display()
+    );
+    let empty = h.path("empty");
+    fs::create_dir(&empty).unwrap();
+    h.dump_env(&w, &empty, &[], &fault).assert_refused();
+    let left: Vec<_> = fs::read_dir(&empty).unwrap().collect();
+    assert!(
+        left.is_empty(),
+        "the failed dump left {left:?} in {}",
+        empty.display()
+    );
+    let mine = h.path("mine");
+    fs::create_dir(&mine).unwrap();
+    fs::write(mine.join("notes.txt"), "the user's").unwrap();
+    h.dump_env(&w, &mine, &[], &fault).assert_refused();
+    let left: Vec<String> = fs::read_dir(&mine)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, vec!["notes.txt".to_string()], "in {}", mine.display());
+    assert_nothing_lost(&mut h, &w, &maps);
+}
+
+/// `rcr show` on a directory without images (empty, or with other files only) is an error
+/// of one line, not an empty listing with exit 0.
+#[test]
+fn show_without_images() {
+    let mut h = Harness::new("show_without_images");
+    let dir = h.path("nothing");
+    fs::create_dir(&dir).unwrap();
+    for extra in [None, Some("notes.txt")] {
+        if let Some(name) = extra {
+            fs::write(dir.join(name), "not an image").unwrap();
+        }
+        let r = h.rcr(&["show", &dir.to_string_lossy()], &[]);
+        let line = r.assert_refused();
+        assert_eq!(r.ended, Ended::Code(FAILED), "exit code: {line}");
+        assert!(
+            line.contains("holds no rcr images"),
+            "the message says the directory holds no images: {line}"
+        );
+        assert!(r.stdout.is_empty(), "nothing on stdout: {}", r.stdout);
+    }
+}
+
+/// `restore -D` on a regular file says it is not a directory, and on an empty directory that
+/// it holds no images.
+#[test]
+fn restore_from_what_is_not_an_image_directory() {
+    let mut h = Harness::new("restore_not_an_image_directory");
+    let file = h.path("a-file");
+    fs::write(&file, "a regular file\n").unwrap();
+    let r = h.rcr(&["restore", "-D", &file.to_string_lossy()], &[]);
+    let line = r.assert_refused();
+    assert!(
+        line.contains("is not a directory"),
+        "the message says what is wrong: {line}"
+    );
+    let empty = h.path("empty");
+    fs::create_dir(&empty).unwrap();
+    let r = h.rcr(&["restore", "-D", &empty.to_string_lossy()], &[]);
+    let line = r.assert_refused();
+    assert!(
+        line.contains("holds no rcr images"),
+        "the message says what is wrong: {line}"
+    );
 }

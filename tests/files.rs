@@ -117,16 +117,44 @@ fn memfd_leave_running() {
 }
 
 /// A dump of `scenario` (an fd rcr does not support at one of `fds`) is refused with one
-/// `rcr: ` line naming the pid, one of `fds` and one of `words` (case-insensitive); no
-/// image is complete (no inventory.img); the workload runs on untouched (not stopped, not
-/// traced, same maps, the fds as before: checked by the workload) and PASSes on go.
+/// `rcr: ` line naming the pid, one of `fds` and one of `words` (case-insensitive); the
+/// rest as in [`refused_with`].
 fn refused(name: &str, scenario: &str, fds: &[i32], words: &[&str]) {
+    refused_with(name, scenario, |_w, line| {
+        let tokens: Vec<&str> = line
+            .split(|c: char| !c.is_ascii_alphanumeric())
+            .filter(|t| !t.is_empty())
+            .collect();
+        assert!(
+            fds.iter()
+                .any(|fd| tokens.contains(&fd.to_string().as_str())),
+            "the message names fd {fds:?}: {line}"
+        );
+        let lower = line.to_ascii_lowercase();
+        assert!(
+            words.iter().any(|word| lower.contains(word)),
+            "the message names the kind ({words:?}): {line}"
+        );
+    });
+}
+
+/// A dump of `scenario` (something rcr does not support) is refused: one `rcr: ` line naming
+/// the pid, which `check` checks further (given the workload, before its go), and the exit
+/// code of a refusal (3); no image is left and the image directory the dump created is gone;
+/// the workload runs on untouched (not stopped, not traced, same maps, the fds as before:
+/// checked by the workload) and PASSes on go.
+fn refused_with(name: &str, scenario: &str, check: impl FnOnce(&common::Workload, &str)) {
     let mut h = Harness::new(name);
     let w = h.spawn(scenario);
     let maps = proc_maps(w.pid);
     let img = h.path("img");
     let r = h.dump(&w, &img, &[]);
     let line = r.assert_refused().to_string();
+    assert_eq!(
+        r.ended,
+        Ended::Code(3),
+        "the exit code of a refusal: {line}"
+    );
     let tokens: Vec<&str> = line
         .split(|c: char| !c.is_ascii_alphanumeric())
         .filter(|t| !t.is_empty())
@@ -136,20 +164,11 @@ fn refused(name: &str, scenario: &str, fds: &[i32], words: &[&str]) {
         "the message names pid {}: {line}",
         w.pid
     );
+    check(&w, &line);
     assert!(
-        fds.iter()
-            .any(|fd| tokens.contains(&fd.to_string().as_str())),
-        "the message names fd {fds:?}: {line}"
-    );
-    let lower = line.to_ascii_lowercase();
-    assert!(
-        words.iter().any(|word| lower.contains(word)),
-        "the message names the kind ({words:?}): {line}"
-    );
-    assert!(
-        !img.join("inventory.img").exists(),
-        "a refused dump left {}",
-        img.join("inventory.img").display()
+        !img.exists(),
+        "a refused dump left its image directory {}",
+        img.display()
     );
     h.assert_untouched_and_running(&w);
     assert_eq!(
@@ -162,15 +181,101 @@ fn refused(name: &str, scenario: &str, fds: &[i32], words: &[&str]) {
     w.assert_pass();
 }
 
-/// A TCP listener (a socket family rcr does not restore) at fd 10.
+/// An inet socket as the kernel lists it in /proc/PID/net/TABLE (tcp, udp): local and remote
+/// address, and state (hex as in the file: 0A listening, 01 established).
+struct InetSocket {
+    local: String,
+    remote: String,
+    state: String,
+}
+
+/// The socket at `pid`'s `fd`, found by its inode in /proc/PID/net/`table`.
+fn inet_socket(pid: i32, fd: i32, table: &str) -> InetSocket {
+    let link = fs::read_link(format!("/proc/{pid}/fd/{fd}")).expect("read the fd link");
+    let inode = link
+        .to_string_lossy()
+        .strip_prefix("socket:[")
+        .and_then(|s| s.strip_suffix(']'))
+        .unwrap_or_else(|| panic!("pid {pid} fd {fd} is {link:?}, not a socket"))
+        .to_owned();
+    // "0100007F:1F90" -> "127.0.0.1:8080" (the address is a u32 in host order).
+    let address = |hex: &str| {
+        let (ip, port) = hex.split_once(':').expect("ADDR:PORT");
+        let ip = u32::from_str_radix(ip, 16).expect("hex address");
+        let port = u16::from_str_radix(port, 16).expect("hex port");
+        format!("{}:{port}", std::net::Ipv4Addr::from(ip.to_le_bytes()))
+    };
+    let text = fs::read_to_string(format!("/proc/{pid}/net/{table}")).expect("read net table");
+    text.lines()
+        .skip(1)
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .find(|words| words.get(9) == Some(&inode.as_str()))
+        .map(|words| InetSocket {
+            local: address(words[1]),
+            remote: address(words[2]),
+            state: words[3].to_owned(),
+        })
+        .unwrap_or_else(|| panic!("socket:[{inode}] not in /proc/{pid}/net/{table}"))
+}
+
+/// A TCP listener on 127.0.0.1 (a socket family rcr does not restore) at fd 10: the message
+/// says what it is as a user names it, "TCP 127.0.0.1:PORT listening".
 #[test]
 fn unsupported_kind_is_refused() {
-    refused(
+    refused_with(
         "unsupported_kind_is_refused",
         "unsupported-listen",
-        &[10],
-        &["socket"],
+        |w, line| {
+            let socket = inet_socket(w.pid, 10, "tcp");
+            assert_eq!(socket.state, "0A", "fd 10 listens");
+            let what = format!("fd 10: TCP {} listening", socket.local);
+            assert!(line.contains(&what), "the message says `{what}`: {line}");
+        },
     );
+}
+
+/// A connected TCP pair on loopback (the client at fd 10): "TCP LOCAL -> REMOTE established".
+#[test]
+fn tcp_connection_is_refused_naming_it() {
+    refused_with("tcp_connection_is_refused", "refused-tcp", |w, line| {
+        let socket = inet_socket(w.pid, 10, "tcp");
+        assert_eq!(socket.state, "01", "fd 10 is established");
+        let what = format!(
+            "fd 10: TCP {} -> {} established",
+            socket.local, socket.remote
+        );
+        assert!(line.contains(&what), "the message says `{what}`: {line}");
+    });
+}
+
+/// A UDP socket bound on loopback at fd 10: "UDP 127.0.0.1:PORT".
+#[test]
+fn udp_socket_is_refused_naming_it() {
+    refused_with("udp_socket_is_refused", "refused-udp", |w, line| {
+        let socket = inet_socket(w.pid, 10, "udp");
+        let what = format!("fd 10: UDP {} (", socket.local);
+        assert!(line.contains(&what), "the message says `{what}`: {line}");
+    });
+}
+
+/// A SysV shared memory attachment: the message names the segment by its shmid (from
+/// /proc/sysvipc/shm, the line whose creator is the workload), not as a deleted file.
+#[test]
+fn sysv_shm_is_refused_naming_it() {
+    refused_with("sysv_shm_is_refused", "refused-sysvshm", |w, line| {
+        let table = fs::read_to_string("/proc/sysvipc/shm").expect("read /proc/sysvipc/shm");
+        // key shmid perms size cpid lpid ...
+        let shmid = table
+            .lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|words| words.get(4) == Some(&w.pid.to_string().as_str()))
+            .map(|words| words[1].to_owned())
+            .expect("the workload's segment in /proc/sysvipc/shm");
+        let what = format!("SysV shared memory segment key IPC_PRIVATE shmid {shmid} ");
+        assert!(line.contains(&what), "the message says `{what}`: {line}");
+        assert!(!line.contains("deleted"), "not a deleted file: {line}");
+    });
 }
 
 /// A unix socketpair with "ping" unread: both ends and the data come back (the workload

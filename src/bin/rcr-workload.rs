@@ -33,6 +33,9 @@
 //! `unsupported-epoll` (all restored now; the names are historical), and for dumps that must
 //! be refused `unsupported-listen` (a TCP listener) and `unsupported-fanotify`.
 //!
+//! Refusal messages (see refused.rs): `refused-tcp` (a connected TCP pair on loopback),
+//! `refused-udp` (a bound UDP socket), `refused-sysvshm` (a SysV shared memory attachment).
+//!
 //! `epollshared` (see epoll.rs): an epoll instance with registrations, shared by dup and
 //! fork (root and one child, the protocol of procs.rs).
 //!
@@ -74,6 +77,8 @@ mod mlock;
 mod parts;
 #[path = "rcr-workload/procs.rs"]
 mod procs;
+#[path = "rcr-workload/refused.rs"]
+mod refused;
 #[path = "rcr-workload/sys.rs"]
 mod sys;
 #[path = "rcr-workload/taskstate.rs"]
@@ -325,6 +330,11 @@ fn setup(scenario: &str, ctx: &Ctx) -> Result<Setup, String> {
         s if inotify::Mode::from_scenario(s).is_some() => {
             let mode = inotify::Mode::from_scenario(s).expect("checked in the guard");
             parts.push(Box::new(inotify::Inotify::new(mode, ctx)?));
+            Wait::Poll
+        }
+        s if refused::Kind::from_scenario(s).is_some() => {
+            let kind = refused::Kind::from_scenario(s).expect("checked in the guard");
+            parts.push(Box::new(refused::Refused::new(kind)?));
             Wait::Poll
         }
         s if files::Kind::from_scenario(s).is_some() => {

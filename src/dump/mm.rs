@@ -149,6 +149,17 @@ fn prot_of(perms: &str) -> u32 {
 
 fn classify(pid: i32, line: &MapsLine) -> Result<VmaKind> {
     let shared = line.perms.as_bytes()[3] == b's';
+    if let Some(key) = sysv_shm_key(&line.path) {
+        let key = match key {
+            0 => "IPC_PRIVATE".to_owned(),
+            key => format!("{key:#010x}"),
+        };
+        crate::refuse!(
+            "pid {pid}: SysV shared memory segment key {key} shmid {} attached at {:#x}: not supported yet",
+            line.inode,
+            line.start
+        );
+    }
     let kind = match line.path.as_str() {
         "[vdso]" => VmaKind::Vdso,
         "[vvar]" => VmaKind::Vvar,
@@ -168,12 +179,12 @@ fn classify(pid: i32, line: &MapsLine) -> Result<VmaKind> {
             }
         }
         p if p.starts_with('[') => {
-            bail!(
+            crate::refuse!(
                 "pid {pid}: unsupported special mapping {p} at {:#x}",
                 line.start
             )
         }
-        p if p.ends_with(" (deleted)") => bail!(
+        p if p.ends_with(" (deleted)") => crate::refuse!(
             "pid {pid}: mapping {:#x} of a deleted file {p} is not supported yet",
             line.start
         ),
@@ -181,6 +192,16 @@ fn classify(pid: i32, line: &MapsLine) -> Result<VmaKind> {
         _ => VmaKind::FilePrivate,
     };
     Ok(kind)
+}
+
+/// The key of a SysV shared memory attachment, from its maps path "/SYSV%08x (deleted)" (its
+/// inode number is the shmid).
+fn sysv_shm_key(path: &str) -> Option<u32> {
+    let hex = path.strip_prefix("/SYSV")?.strip_suffix(" (deleted)")?;
+    if hex.len() != 8 {
+        return None;
+    }
+    u32::from_str_radix(hex, 16).ok()
 }
 
 /// Translates smaps VmFlags into the mmap flags restore needs.
@@ -250,7 +271,7 @@ pub fn collect(pid: i32, stat: &Stat) -> Result<Mm> {
         .with_context(|| format!("pid {pid}: exe link"))?;
     let exe_path = exe.to_string_lossy().into_owned();
     if exe_path.ends_with(" (deleted)") {
-        bail!("pid {pid}: its executable {exe_path} was deleted: not supported yet");
+        crate::refuse!("pid {pid}: its executable {exe_path} was deleted: not supported yet");
     }
     Ok(Mm {
         start_code: stat.field(26),

@@ -63,7 +63,14 @@ pub fn dump(options: &DumpOptions) -> Result<DumpStats> {
     let pid = options.pid;
     let stat = tree::check_target(pid)?;
     let images = ImageDir::create(&options.dir)?;
-    let mut frozen = tree::seize_tree(pid, stat)?;
+    // A failed dump leaves the directory as it found it: no image, no directory it created.
+    let mut frozen = match tree::seize_tree(pid, stat) {
+        Ok(frozen) => frozen,
+        Err(err) => {
+            images.discard();
+            return Err(err);
+        }
+    };
     let frozen_at = Instant::now();
     let outcome = dump_frozen(&mut frozen, &images, options);
     let mut stats = match outcome {
@@ -78,6 +85,7 @@ pub fn dump(options: &DumpOptions) -> Result<DumpStats> {
         }
         Err(err) => {
             frozen.release(tree::Release::AsBefore);
+            images.discard();
             return Err(err);
         }
     };

@@ -23,17 +23,17 @@ pub fn check_target(pid: i32) -> Result<Stat> {
         bail!("pid {pid}: not a valid pid");
     }
     if pid == 1 {
-        bail!("pid 1: refusing to dump the init process");
+        crate::refuse!("pid 1: refusing to dump the init process");
     }
     let stat = match Stat::read(pid) {
         Ok(stat) => stat,
         Err(_) => bail!("pid {pid}: no such process"),
     };
     if stat.field(9) & PF_KTHREAD != 0 {
-        bail!("pid {pid}: refusing to dump a kernel thread");
+        crate::refuse!("pid {pid}: refusing to dump a kernel thread");
     }
     if pid as u32 == std::process::id() || is_descendant(std::process::id(), pid) {
-        bail!("pid {pid}: refusing to dump rcr itself or one of its ancestors");
+        crate::refuse!("pid {pid}: refusing to dump rcr itself or one of its ancestors");
     }
     if matches!(stat.state(), 'Z' | 'X') {
         bail!("pid {pid}: is a zombie");

@@ -105,6 +105,17 @@ impl Kind {
     }
 }
 
+/// Whether `name` is a file rcr writes into an image directory: a metadata image, or raw
+/// content (`pages-PID.img`, `memfd-INODE.img`, `unlinked-INODE.img`).
+pub fn is_image_file_name(name: &str) -> bool {
+    Kind::parse_file_name(name).is_some()
+        || ["pages-", "memfd-", "unlinked-"].iter().any(|prefix| {
+            name.strip_prefix(prefix)
+                .and_then(|rest| rest.strip_suffix(".img"))
+                .is_some_and(|n| n.parse::<u64>().is_ok())
+        })
+}
+
 /// Frames a message as a metadata image.
 pub fn encode_image(kind: Kind, message: &impl Message) -> Vec<u8> {
     let payload = message.encode_length_delimited_to_vec();
@@ -167,36 +178,102 @@ pub fn decode_image<M: Message + Default>(kind: Kind, bytes: &[u8], what: &str) 
 /// An image directory being written or read.
 pub struct ImageDir {
     path: PathBuf,
+    /// The outermost directory a dump created for it (the directory itself or an ancestor):
+    /// removed again by [`ImageDir::discard`].
+    created: Option<PathBuf>,
 }
 
 impl ImageDir {
-    /// Creates (0700) or opens the directory for a dump and checks it is writable.
+    /// Creates (0700) or opens the directory for a dump and checks it is writable. A
+    /// directory that already holds rcr images is refused: a second dump would mix its images
+    /// with the first one's.
     pub fn create(path: &Path) -> Result<ImageDir> {
-        if !path.exists() {
+        let mut created = None;
+        if path.is_dir() {
+            if let Some(name) = first_image_file(path)? {
+                crate::refuse!(
+                    "image directory {} already holds rcr images ({name}): use an empty or new directory",
+                    path.display()
+                );
+            }
+        } else if path.symlink_metadata().is_ok() {
+            bail!("{} is not a directory", path.display());
+        } else {
+            let mut top = path;
+            while let Some(parent) = top.parent() {
+                if parent.as_os_str().is_empty() || parent.symlink_metadata().is_ok() {
+                    break;
+                }
+                top = parent;
+            }
             fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
                 .create(path)
                 .with_context(|| format!("cannot create image directory {}", path.display()))?;
-        } else if !path.is_dir() {
-            bail!("{} is not a directory", path.display());
+            created = Some(top.to_owned());
         }
-        let probe = path.join(".rcr-write-test");
-        File::create(&probe)
-            .with_context(|| format!("image directory {} is not writable", path.display()))?;
-        let _ = fs::remove_file(&probe);
-        Ok(ImageDir {
+        let images = ImageDir {
             path: path.to_owned(),
-        })
+            created,
+        };
+        let probe = path.join(".rcr-write-test");
+        if let Err(err) = File::create(&probe) {
+            images.discard();
+            return Err(err)
+                .with_context(|| format!("image directory {} is not writable", path.display()));
+        }
+        let _ = fs::remove_file(&probe);
+        Ok(images)
+    }
+
+    /// After a failed dump: removes the images written so far (the directory held none before)
+    /// and the directories the dump created, so that the failed dump leaves nothing behind.
+    pub fn discard(&self) {
+        if let Ok(entries) = fs::read_dir(&self.path) {
+            for entry in entries.flatten() {
+                if entry.file_name().to_str().is_some_and(is_image_file_name) {
+                    let _ = fs::remove_file(entry.path());
+                }
+            }
+        }
+        if let Some(top) = &self.created {
+            // From the image directory up to the outermost one created; remove_dir leaves a
+            // directory that holds anything else.
+            for dir in self.path.ancestors() {
+                if fs::remove_dir(dir).is_err() || dir == top {
+                    break;
+                }
+            }
+        }
     }
 
     pub fn open(path: &Path) -> Result<ImageDir> {
-        if !path.is_dir() {
+        if path.symlink_metadata().is_err() {
             bail!("image directory {} does not exist", path.display());
+        }
+        if !path.is_dir() {
+            bail!("{} is not a directory", path.display());
         }
         Ok(ImageDir {
             path: path.to_owned(),
+            created: None,
         })
+    }
+
+    /// Fails unless the directory holds an image set: with one line that tells an empty (or
+    /// foreign) directory from an incomplete dump.
+    pub fn check_inventory(&self) -> Result<()> {
+        if self.file_path(Kind::Inventory, None).exists() {
+            return Ok(());
+        }
+        match first_image_file(&self.path)? {
+            None => bail!("{} holds no rcr images", self.path.display()),
+            Some(_) => bail!(
+                "{}: no inventory.img (an incomplete dump?)",
+                self.path.display()
+            ),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -229,6 +306,18 @@ impl ImageDir {
         let bytes = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
         decode_image(kind, &bytes, &kind.file_name(pid))
     }
+}
+
+/// The name of a file of `dir` that rcr writes into image directories, if there is one.
+fn first_image_file(dir: &Path) -> Result<Option<String>> {
+    let entries = fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
+    let mut names: Vec<String> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|name| is_image_file_name(name))
+        .collect();
+    names.sort();
+    Ok(names.into_iter().next())
 }
 
 /// Creates a file readable by its owner only: images hold a process' whole memory.
@@ -331,5 +420,11 @@ mod tests {
             Some((Kind::Inventory, None))
         );
         assert_eq!(Kind::parse_file_name("pages-77.img"), None);
+        assert!(is_image_file_name("pages-77.img"));
+        assert!(is_image_file_name("memfd-12345.img"));
+        assert!(is_image_file_name("unlinked-9.img"));
+        assert!(is_image_file_name("inventory.img"));
+        assert!(!is_image_file_name("pages-x.img"));
+        assert!(!is_image_file_name("dump.log"));
     }
 }

@@ -136,6 +136,7 @@ pub struct LiveImages {
 
 /// Reads and validates the whole image set; nothing is created before this succeeds.
 pub fn read_images(images: &ImageDir) -> Result<(Inventory, Vec<ProcessImages>)> {
+    images.check_inventory()?;
     let inventory: Inventory = images.read(Kind::Inventory, None)?;
     inventory::check(&inventory)?;
     let tree: PsTree = images.read(Kind::PsTree, None)?;

@@ -248,7 +248,10 @@ pub fn peek_queue(sock: &impl AsRawFd) -> io::Result<(Vec<Queued>, i32)> {
             }
         }
         if fds_in_flight || msg.msg_flags & libc::MSG_CTRUNC != 0 {
-            result = Err(io::Error::other("file descriptors in flight"));
+            result = Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "file descriptors in flight (not supported)",
+            ));
             break;
         }
         if n == 0 {
@@ -271,30 +274,155 @@ pub fn peek_queue(sock: &impl AsRawFd) -> io::Result<(Vec<Queued>, i32)> {
     result.map(|()| (messages, original))
 }
 
-/// "AF_INET stream socket", "AF_NETLINK socket (protocol 0)"...: what a socket is, for
-/// messages.
+/// What a socket is, for messages, as a user names it: "TCP 127.0.0.1:6379 listening",
+/// "TCP 127.0.0.1:41234 -> 127.0.0.1:6379 established", "UDP [::1]:53", "netlink
+/// NETLINK_ROUTE socket", "packet socket"...
 pub fn describe(sock: &impl AsRawFd) -> io::Result<String> {
-    let int_option = |option: i32| get_int(sock, option);
-    let domain = int_option(libc::SO_DOMAIN)?;
-    let family = match domain {
-        libc::AF_UNIX => "AF_UNIX".to_owned(),
-        libc::AF_INET => "AF_INET".to_owned(),
-        libc::AF_INET6 => "AF_INET6".to_owned(),
-        libc::AF_NETLINK => "AF_NETLINK".to_owned(),
-        libc::AF_PACKET => "AF_PACKET".to_owned(),
-        libc::AF_VSOCK => "AF_VSOCK".to_owned(),
-        libc::AF_ALG => "AF_ALG".to_owned(),
-        other => format!("family {other}"),
-    };
-    let kind = match int_option(libc::SO_TYPE)? {
+    let domain = get_int(sock, libc::SO_DOMAIN)?;
+    let sock_type = get_int(sock, libc::SO_TYPE)?;
+    let protocol = get_int(sock, libc::SO_PROTOCOL).unwrap_or(0);
+    let kind = match sock_type {
         libc::SOCK_STREAM => "stream",
         libc::SOCK_DGRAM => "datagram",
         libc::SOCK_SEQPACKET => "seqpacket",
         libc::SOCK_RAW => "raw",
         _ => "other",
     };
-    let protocol = int_option(libc::SO_PROTOCOL).unwrap_or(0);
-    Ok(format!("{family} {kind} socket (protocol {protocol})"))
+    Ok(match domain {
+        libc::AF_INET | libc::AF_INET6 => describe_inet(sock, domain, sock_type, protocol),
+        libc::AF_NETLINK => format!("netlink {} socket", netlink_protocol(protocol)),
+        libc::AF_PACKET => format!("packet socket ({kind})"),
+        libc::AF_UNIX => format!("unix {kind} socket"),
+        libc::AF_VSOCK => format!("vsock {kind} socket"),
+        libc::AF_ALG => "AF_ALG (kernel crypto) socket".to_owned(),
+        other => format!("socket of address family {other} ({kind}, protocol {protocol})"),
+    })
+}
+
+/// An IPv4 or IPv6 socket: its protocol, addresses and (TCP) state.
+fn describe_inet(sock: &impl AsRawFd, domain: i32, sock_type: i32, protocol: i32) -> String {
+    let v6 = domain == libc::AF_INET6;
+    let ip = if v6 { "IPv6" } else { "IPv4" };
+    let name = match (sock_type, protocol) {
+        (libc::SOCK_STREAM, 0 | libc::IPPROTO_TCP) => "TCP",
+        (libc::SOCK_STREAM, libc::IPPROTO_MPTCP) => "MPTCP",
+        (libc::SOCK_DGRAM, 0 | libc::IPPROTO_UDP) => "UDP",
+        (libc::SOCK_DGRAM, libc::IPPROTO_UDPLITE) => "UDP-Lite",
+        (libc::SOCK_DGRAM, libc::IPPROTO_ICMP) => "ICMP (ping)",
+        (libc::SOCK_DGRAM, libc::IPPROTO_ICMPV6) => "ICMPv6 (ping)",
+        (libc::SOCK_STREAM | libc::SOCK_SEQPACKET, libc::IPPROTO_SCTP) => "SCTP",
+        (libc::SOCK_RAW, _) => return format!("raw {ip} socket (protocol {protocol})"),
+        _ => return format!("{ip} socket (type {sock_type}, protocol {protocol})"),
+    };
+    let local = inet_address(sock, false);
+    let peer = inet_address(sock, true);
+    let mut text = match (&local, &peer) {
+        (Some(local), _) if local.port() != 0 || peer.is_some() => format!("{name} {local}"),
+        _ => return format!("{name} socket, not bound"),
+    };
+    if let Some(peer) = peer {
+        text.push_str(&format!(" -> {peer}"));
+    }
+    if name == "TCP"
+        && let Ok(state) = tcp_state(sock)
+    {
+        text.push(' ');
+        text.push_str(match state {
+            1 => "established",
+            2 => "connecting (SYN sent)",
+            3 => "SYN received",
+            4 => "closing (FIN-WAIT-1)",
+            5 => "closing (FIN-WAIT-2)",
+            6 => "TIME-WAIT",
+            7 => "closed",
+            8 => "closed by the peer (CLOSE-WAIT)",
+            9 => "closing (LAST-ACK)",
+            10 => "listening",
+            11 => "closing (CLOSING)",
+            _ => "in an unknown state",
+        });
+    }
+    text
+}
+
+/// A socket's own address (`peer` false: getsockname) or its peer's (getpeername), when it
+/// is an IPv4 or IPv6 one.
+fn inet_address(sock: &impl AsRawFd, peer: bool) -> Option<std::net::SocketAddr> {
+    // SAFETY: sockaddr_storage is plain data; all zeroes is a valid value.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    let at = (&mut storage as *mut libc::sockaddr_storage).cast();
+    // SAFETY: the kernel writes at most len bytes into a live sockaddr_storage.
+    let r = unsafe {
+        if peer {
+            libc::getpeername(sock.as_raw_fd(), at, &mut len)
+        } else {
+            libc::getsockname(sock.as_raw_fd(), at, &mut len)
+        }
+    };
+    if r != 0 {
+        return None;
+    }
+    match i32::from(storage.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in.
+            let v4: libc::sockaddr_in =
+                unsafe { std::ptr::read((&storage as *const libc::sockaddr_storage).cast()) };
+            let ip = std::net::Ipv4Addr::from(u32::from_be(v4.sin_addr.s_addr));
+            Some(std::net::SocketAddr::from((ip, u16::from_be(v4.sin_port))))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says the storage holds a sockaddr_in6.
+            let v6: libc::sockaddr_in6 =
+                unsafe { std::ptr::read((&storage as *const libc::sockaddr_storage).cast()) };
+            Some(std::net::SocketAddr::V6(std::net::SocketAddrV6::new(
+                std::net::Ipv6Addr::from(v6.sin6_addr.s6_addr),
+                u16::from_be(v6.sin6_port),
+                u32::from_be(v6.sin6_flowinfo),
+                v6.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+/// The TCP state of a socket (tcpi_state, the first byte of struct tcp_info: TCP_ESTABLISHED
+/// 1 ... TCP_CLOSING 11).
+fn tcp_state(sock: &impl AsRawFd) -> io::Result<u8> {
+    let mut info = [0u8; 8];
+    let mut len = info.len() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most len bytes into a live buffer.
+    check(unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    } as libc::c_long)?;
+    Ok(info[0])
+}
+
+/// A netlink protocol's name (linux/netlink.h).
+fn netlink_protocol(protocol: i32) -> String {
+    let name = match protocol {
+        0 => "NETLINK_ROUTE",
+        2 => "NETLINK_USERSOCK",
+        4 => "NETLINK_SOCK_DIAG",
+        5 => "NETLINK_NFLOG",
+        6 => "NETLINK_XFRM",
+        7 => "NETLINK_SELINUX",
+        8 => "NETLINK_ISCSI",
+        9 => "NETLINK_AUDIT",
+        10 => "NETLINK_FIB_LOOKUP",
+        11 => "NETLINK_CONNECTOR",
+        12 => "NETLINK_NETFILTER",
+        15 => "NETLINK_KOBJECT_UEVENT",
+        16 => "NETLINK_GENERIC",
+        _ => return format!("protocol {protocol}"),
+    };
+    name.to_owned()
 }
 
 /// The SOL_SOCKET options rcr keeps: (sndbuf, rcvbuf, passcred, passsec, rcvlowat,
@@ -431,4 +559,75 @@ pub fn set_options(sock: &impl AsRawFd, want: &Options) -> io::Result<()> {
         set_timeout_us(sock, libc::SO_RCVTIMEO, want.rcvtimeo_us)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{TcpListener, TcpStream, UdpSocket};
+
+    /// A socket of rcr's own (this test's), closed on drop.
+    fn raw_socket(domain: i32, sock_type: i32, protocol: i32) -> io::Result<OwnedFd> {
+        // SAFETY: a new socket, owned below.
+        let fd = check(
+            unsafe { libc::socket(domain, sock_type | libc::SOCK_CLOEXEC, protocol) }
+                as libc::c_long,
+        )?;
+        // SAFETY: fd is fresh and ours.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    }
+
+    #[test]
+    fn tcp_sockets_by_address_and_state() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        assert_eq!(
+            describe(&listener).unwrap(),
+            format!("TCP 127.0.0.1:{port} listening")
+        );
+        let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        let client_port = client.local_addr().unwrap().port();
+        assert_eq!(
+            describe(&client).unwrap(),
+            format!("TCP 127.0.0.1:{client_port} -> 127.0.0.1:{port} established")
+        );
+        assert_eq!(
+            describe(&accepted).unwrap(),
+            format!("TCP 127.0.0.1:{port} -> 127.0.0.1:{client_port} established")
+        );
+        let unbound = raw_socket(libc::AF_INET, libc::SOCK_STREAM, 0).unwrap();
+        assert_eq!(describe(&unbound).unwrap(), "TCP socket, not bound");
+    }
+
+    #[test]
+    fn udp_sockets_v4_and_v6() {
+        let v4 = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = v4.local_addr().unwrap().port();
+        assert_eq!(describe(&v4).unwrap(), format!("UDP 127.0.0.1:{port}"));
+        // IPv6 loopback may be absent (disabled): then there is nothing to check.
+        if let Ok(v6) = UdpSocket::bind("[::1]:0") {
+            let port6 = v6.local_addr().unwrap().port();
+            v6.connect(("::1", port6)).unwrap();
+            assert_eq!(
+                describe(&v6).unwrap(),
+                format!("UDP [::1]:{port6} -> [::1]:{port6}")
+            );
+        }
+    }
+
+    #[test]
+    fn other_families_by_name() {
+        let netlink = raw_socket(libc::AF_NETLINK, libc::SOCK_RAW, 0).unwrap();
+        assert_eq!(describe(&netlink).unwrap(), "netlink NETLINK_ROUTE socket");
+        let diag = raw_socket(libc::AF_NETLINK, libc::SOCK_DGRAM, NETLINK_SOCK_DIAG).unwrap();
+        assert_eq!(describe(&diag).unwrap(), "netlink NETLINK_SOCK_DIAG socket");
+        // Packet and raw IP sockets need CAP_NET_RAW: checked where the test has it.
+        if let Ok(packet) = raw_socket(libc::AF_PACKET, libc::SOCK_DGRAM, 0) {
+            assert_eq!(describe(&packet).unwrap(), "packet socket (datagram)");
+        }
+        if let Ok(raw) = raw_socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) {
+            assert_eq!(describe(&raw).unwrap(), "raw IPv4 socket (protocol 1)");
+        }
+    }
 }

@@ -123,13 +123,13 @@ fn open_through(mount: &str, handle_type: i32, handle: &[u8]) -> Result<OwnedFd>
 /// then the name the kernel gives the result, which must still be that inode.
 fn resolve(mark: &Mark, mountinfo: &str) -> Result<String> {
     let Some((handle_type, handle)) = &mark.handle else {
-        bail!("fdinfo shows no file handle for it (its filesystem cannot encode one)");
+        crate::refuse!("fdinfo shows no file handle for it (its filesystem cannot encode one)");
     };
     let (major, minor) = kernel_dev(mark.sdev);
     let dev = libc::makedev(major, minor);
     let mounts = mount_points(mountinfo, major, minor);
     if mounts.is_empty() {
-        bail!("its filesystem {major}:{minor} is not mounted in rcr's mount namespace");
+        crate::refuse!("its filesystem {major}:{minor} is not mounted in rcr's mount namespace");
     }
     let mut last_error = None;
     for mount in &mounts {
@@ -139,7 +139,7 @@ fn resolve(mark: &Mark, mountinfo: &str) -> Result<String> {
                 .to_string_lossy()
                 .into_owned();
             if path.ends_with(" (deleted)") || !path.starts_with('/') {
-                bail!("it has no name ({path})");
+                crate::refuse!("it has no name ({path})");
             }
             let meta = fs::symlink_metadata(&path).with_context(|| format!("stat {path}"))?;
             if meta.ino() != mark.ino || meta.dev() != dev {

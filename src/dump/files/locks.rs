@@ -28,10 +28,12 @@ pub(super) fn of_fd(
             "FLOCK" => LockKind::Flock,
             "POSIX" => LockKind::Posix,
             "OFDLCK" => LockKind::Ofd,
-            other => bail!("pid {pid} fd {fd}: file lock of kind {other} is not supported"),
+            other => {
+                crate::refuse!("pid {pid} fd {fd}: file lock of kind {other} is not supported")
+            }
         };
         if words[2] != "ADVISORY" {
-            bail!("pid {pid} fd {fd}: mandatory lock or lease is not supported");
+            crate::refuse!("pid {pid} fd {fd}: mandatory lock or lease is not supported");
         }
         let wanted = match kind {
             LockKind::Posix => description_first_in_process,

@@ -22,7 +22,7 @@ use std::fs;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
 pub use chardev::PORTABLE_CHAR_DEVICES;
 pub use memfd::save_memfd;
@@ -152,7 +152,7 @@ impl FileIds {
     /// what to do with it), every epoll has a process to make its registrations again.
     pub fn check_whole_tree(&self) -> Result<()> {
         if let Some((pid, fd)) = self.epolls_unregistered.values().min() {
-            bail!(
+            crate::refuse!(
                 "pid {pid} fd {fd}: epoll registrations name fds that no process of the tree holds at those numbers (not supported)"
             );
         }
@@ -276,9 +276,11 @@ pub fn collect(pid: i32, images: &ImageDir, ids: &mut FileIds) -> Result<Fds> {
             fd::File::Unix(socket)
         } else {
             let kind = if link.starts_with("socket:") {
-                copy.as_ref()
+                let what = copy
+                    .as_ref()
                     .and_then(|c| crate::sys::socket::describe(c).ok())
-                    .unwrap_or_else(|| "socket".to_owned())
+                    .unwrap_or_else(|| "socket".to_owned());
+                crate::refuse!("pid {pid} fd {fd}: {what} ({link}): not supported yet");
             } else if file_type.is_fifo() {
                 "FIFO".to_owned()
             } else if file_type.is_block_device() {
@@ -291,10 +293,19 @@ pub fn collect(pid: i32, images: &ImageDir, ids: &mut FileIds) -> Result<Fds> {
                     libc::major(rdev),
                     libc::minor(rdev)
                 )
+            } else if let Some(name) = link.strip_prefix("anon_inode:") {
+                // "anon_inode:[fanotify]", "anon_inode:[pidfd]", "anon_inode:bpf-map"...
+                format!(
+                    "{} file",
+                    name.trim_start_matches('[').trim_end_matches(']')
+                )
             } else {
                 link.clone()
             };
-            bail!("pid {pid} fd {fd}: unsupported file kind {kind} ({link})");
+            if kind == link {
+                crate::refuse!("pid {pid} fd {fd}: {link}: not supported yet");
+            }
+            crate::refuse!("pid {pid} fd {fd}: {kind} ({link}): not supported yet");
         };
         // Owner and signal belong to the description: read once, through the copy.
         let (owner_kind, owner_pid, signal) = copy.as_ref().map_or((0, 0, 0), |c| {

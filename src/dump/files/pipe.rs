@@ -50,7 +50,7 @@ pub(super) fn dump(one: &OneFd, ids: &mut FileIds) -> Result<Pipe> {
     } = *one;
     let fifo_path = if link.starts_with('/') {
         if link.ends_with(" (deleted)") {
-            bail!("pid {pid} fd {fd}: removed FIFO {link} is not supported");
+            crate::refuse!("pid {pid} fd {fd}: removed FIFO {link} is not supported");
         }
         link.to_owned()
     } else {

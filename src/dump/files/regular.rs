@@ -4,7 +4,7 @@
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
 use super::{FileIds, OneFd};
 use crate::image::proto::RegularFile;
@@ -20,7 +20,7 @@ pub(super) fn dump(one: &OneFd, ids: &mut FileIds) -> Result<RegularFile> {
     let unlinked = link.ends_with(" (deleted)") && meta.nlink() == 0;
     if unlinked {
         if meta.is_dir() {
-            bail!("pid {pid} fd {fd}: removed directory {link} is not supported");
+            crate::refuse!("pid {pid} fd {fd}: removed directory {link} is not supported");
         }
         if ids.saved.insert(meta.ino()) {
             let mut source = File::open(one.proc_path)

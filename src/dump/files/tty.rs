@@ -24,7 +24,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
 use super::{FileIds, OneFd, read_fdinfo};
 use crate::dump::mm::Stat;
@@ -89,7 +89,7 @@ impl TreeTtys {
     /// Notes the external terminal: only one is supported.
     fn note_external(&mut self, index: u32, pid: i32, where_: &str) -> Result<()> {
         match &self.external {
-            Some((other, first)) if *other != index => bail!(
+            Some((other, first)) if *other != index => crate::refuse!(
                 "pid {pid} {where_}: a second terminal outside the dumped tree (/dev/pts/{index}; {first} is on /dev/pts/{other}) is not supported"
             ),
             Some(_) => {}
@@ -124,13 +124,13 @@ pub(super) fn dump(one: &OneFd, ids: &mut FileIds) -> Result<Option<Tty>> {
     };
     let ttys = ids.ttys()?;
     if !master && link != format!("/dev/pts/{index}") {
-        bail!(
+        crate::refuse!(
             "pid {pid} fd {fd}: terminal {link} is not /dev/pts/{index} (another devpts instance?): not supported"
         );
     }
     if !master && !ttys.masters.contains_key(&index) {
         if !ttys.shell_job {
-            bail!(
+            crate::refuse!(
                 "pid {pid} fd {fd}: {link} is a terminal whose master is outside the dumped tree (a shell job? dump it with --shell-job)"
             );
         }
@@ -169,7 +169,7 @@ fn open_pair(one: &OneFd, index: u32, master: bool, ttys: &TreeTtys) -> Result<(
         }
     };
     let Some(&(spid, sfd)) = ttys.slaves.get(&index) else {
-        bail!(
+        crate::refuse!(
             "pid {pid} fd {fd}: pty master of /dev/pts/{index} without its slave open in the dumped tree is not supported"
         );
     };
@@ -200,7 +200,7 @@ fn save_state(one: &OneFd, index: u32, master: bool, ttys: &TreeTtys) -> Result<
     // The data in flight is read and put back through N_TTY's semantics.
     match systty::line_discipline(s) {
         Ok(0) => {}
-        Ok(ldisc) => bail!(
+        Ok(ldisc) => crate::refuse!(
             "{}: line discipline {ldisc} is not supported (only N_TTY)",
             what()
         ),
@@ -330,13 +330,13 @@ pub fn controlling(
     let tpgid = stat.field(8) as i64 as i32;
     if major == PTS_MAJOR && ttys.masters.contains_key(&minor) {
         if !tree.iter().any(|&(p, _, _)| p == sid) {
-            bail!(
+            crate::refuse!(
                 "pid {pid}: its controlling terminal {name} belongs to session {sid}, whose leader is outside the dumped tree"
             );
         }
         let foreground_pgid = if sid == pid && tpgid > 0 {
             if !tree.iter().any(|&(_, g, s)| g == tpgid && s == sid) {
-                bail!(
+                crate::refuse!(
                     "pid {pid}: the foreground process group {tpgid} of its terminal {name} is not in the dumped tree"
                 );
             }
@@ -351,15 +351,17 @@ pub fn controlling(
         }));
     }
     if !ttys.shell_job {
-        bail!(
+        crate::refuse!(
             "pid {pid}: its controlling terminal {name} is outside the dumped tree (a shell job? dump it with --shell-job)"
         );
     }
     if major != PTS_MAJOR {
-        bail!("pid {pid}: its controlling terminal {name} is not a pseudo-terminal (/dev/pts)");
+        crate::refuse!(
+            "pid {pid}: its controlling terminal {name} is not a pseudo-terminal (/dev/pts)"
+        );
     }
     if sid == pid {
-        bail!(
+        crate::refuse!(
             "pid {pid}: leads the session of its terminal {name}: --shell-job restores the jobs of a shell, not the session leader"
         );
     }

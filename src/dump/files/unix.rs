@@ -104,7 +104,7 @@ impl UnixTable {
             if u32::from(info.state) == TCP_LISTEN {
                 for client in info.pending.iter().filter(|c| !self.inodes.contains(c)) {
                     if self.external == ExternalUnix::Refuse {
-                        bail!(
+                        crate::refuse!(
                             "{what} has a connection from socket:[{client}] outside the dumped tree waiting to be accepted ({option})"
                         );
                     }
@@ -127,31 +127,31 @@ impl UnixTable {
                     && peer_info.peer != inode
                     && peer_info.name.is_none()
                 {
-                    bail!("{what} is connected to socket:[{peer}], which has no address");
+                    crate::refuse!("{what} is connected to socket:[{peer}], which has no address");
                 }
                 continue;
             }
             let peer_name = self.name_of(peer);
             match self.external {
-                ExternalUnix::Refuse => bail!(
+                ExternalUnix::Refuse => crate::refuse!(
                     "{what} is connected to socket:[{peer}] {} outside the dumped tree ({option})",
                     printable(&peer_name)
                 ),
-                ExternalUnix::Reconnect if peer_name.is_empty() => bail!(
+                ExternalUnix::Reconnect if peer_name.is_empty() => crate::refuse!(
                     "{what}: its peer socket:[{peer}] outside the tree has no address to connect to again (--external-unix disconnect restores it as closed by the peer)"
                 ),
-                ExternalUnix::Reconnect if accepted(self, info, inode) => bail!(
+                ExternalUnix::Reconnect if accepted(self, info, inode) => crate::refuse!(
                     "{what} was accepted from a client outside the tree, which cannot connect again (--external-unix disconnect restores it as closed by the peer)"
                 ),
                 ExternalUnix::Reconnect
                     if peer_name.first().is_some_and(|&b| b != 0 && b != b'/') =>
                 {
-                    bail!(
+                    crate::refuse!(
                         "{what}: its peer outside the tree is bound to the relative path {}, which cannot be connected to again (--external-unix disconnect restores it as closed by the peer)",
                         printable(&peer_name)
                     )
                 }
-                ExternalUnix::Reconnect if info.rqueue > 0 => bail!(
+                ExternalUnix::Reconnect if info.rqueue > 0 => crate::refuse!(
                     "{what} has {} bytes from its peer outside the tree, lost by a new connection (--external-unix disconnect keeps them)",
                     info.rqueue
                 ),
@@ -200,7 +200,7 @@ pub(super) fn dump(one: &OneFd, ids: &mut FileIds) -> Result<Option<UnixSocket>>
     let what = || format!("pid {pid} fd {fd}: unix socket socket:[{inode}]");
     let state = u32::from(info.state);
     if ![TCP_ESTABLISHED, TCP_CLOSE, TCP_LISTEN].contains(&state) {
-        bail!("{}: state {state} is not supported", what());
+        crate::refuse!("{}: state {state} is not supported", what());
     }
     let name = info.name.clone().unwrap_or_default();
     let is_path = name.first().is_some_and(|&b| b != 0);
@@ -220,7 +220,7 @@ pub(super) fn dump(one: &OneFd, ids: &mut FileIds) -> Result<Option<UnixSocket>>
         socket_file = find_socket_file(&base, &name, info.vfs_inode);
         if relative {
             if socket_file.is_none() {
-                bail!(
+                crate::refuse!(
                     "{}: bound to the relative path {}, which is not its socket file from the process' cwd {}, nor renamed in its directory (not supported)",
                     what(),
                     printable(&name),
@@ -232,7 +232,7 @@ pub(super) fn dump(one: &OneFd, ids: &mut FileIds) -> Result<Option<UnixSocket>>
     }
     let waiting_on = table.waiting_on.get(&(inode as u32)).copied();
     if waiting_on.is_some() && info.wqueue > 0 {
-        bail!(
+        crate::refuse!(
             "{}: {} bytes sent into a connection not yet accepted by {} (not supported)",
             what(),
             info.wqueue,
@@ -249,7 +249,7 @@ pub(super) fn dump(one: &OneFd, ids: &mut FileIds) -> Result<Option<UnixSocket>>
         && !accepted
         && !accepted_peer(table, info.peer)
     {
-        bail!(
+        crate::refuse!(
             "{}: both ends of its connection are named and neither like a listener: which one was accepted is unknown",
             what()
         );
@@ -285,9 +285,13 @@ pub(super) fn dump(one: &OneFd, ids: &mut FileIds) -> Result<Option<UnixSocket>>
     let first = ids.saved.insert(inode);
     let (queued, peek_offset) = match one.copy {
         _ if state == TCP_LISTEN => (Vec::new(), -1),
-        Some(copy) if first => {
-            crate::sys::socket::peek_queue(copy).with_context(|| format!("{}: queue", what()))?
-        }
+        Some(copy) if first => crate::sys::socket::peek_queue(copy).map_err(|err| {
+            if err.kind() == std::io::ErrorKind::Unsupported {
+                crate::refusal!("{}: queue: {err}", what())
+            } else {
+                anyhow::Error::new(err).context(format!("{}: queue", what()))
+            }
+        })?,
         None if first => bail!("{}: no description copy", what()),
         _ => (Vec::new(), -1),
     };

@@ -137,7 +137,7 @@ pub fn resolve_external_pipes(
         })
         .collect();
     if !missing.is_empty() {
-        bail!(
+        crate::refuse!(
             "{}; say what each becomes: --inherit-fd fd[N]:pipe:[INODE] (an fd given to rcr restore) or --external-pipe pipe:[INODE]=null",
             missing.join("; ")
         );

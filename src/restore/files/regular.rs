@@ -5,7 +5,7 @@ use std::fs::OpenOptions;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
 use super::{OpenedFiles, hold_above, reopen};
 use crate::image::proto::{Fds, RegularFile, fd};
@@ -83,7 +83,7 @@ pub fn check_sizes(pid: u32, fds: &Fds) -> Result<()> {
             .with_context(|| format!("pid {pid} fd {}: {}", entry.fd, f.path))?
             .len();
         if now != f.size {
-            bail!(
+            crate::refuse!(
                 "pid {pid} fd {}: {} is {now} bytes, {} at the dump (--ignore-file-size restores anyway)",
                 entry.fd,
                 f.path,

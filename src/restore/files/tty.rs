@@ -245,7 +245,7 @@ impl OpenedFiles {
     pub(super) fn open_tty(&mut self, t: &Tty, what: &str) -> Result<OwnedFd> {
         if t.external {
             if !self.ttys.shell_job {
-                bail!(
+                crate::refuse!(
                     "{what}: was on the terminal /dev/pts/{} outside the dumped tree: restore it with --shell-job",
                     t.index
                 );
@@ -360,24 +360,24 @@ pub fn check(processes: &[ProcessImages], shell_job: bool) -> Result<()> {
     });
     if !shell_job {
         if let Some((pid, fd, index)) = external_fd {
-            bail!(
+            crate::refuse!(
                 "pid {pid} fd {fd}: was on the terminal /dev/pts/{index} outside the dumped tree: restore it with --shell-job"
             );
         }
         if let Some((pid, index)) = external_ctty {
-            bail!(
+            crate::refuse!(
                 "pid {pid}: its controlling terminal /dev/pts/{index} was outside the dumped tree: restore it with --shell-job"
             );
         }
     } else if external_fd.is_some() || external_ctty.is_some() {
         let stdin = std::io::stdin();
         if !systty::is_terminal(stdin.as_fd()) {
-            bail!("--shell-job: rcr's stdin is not a terminal to give the job");
+            crate::refuse!("--shell-job: rcr's stdin is not a terminal to give the job");
         }
         if external_ctty.is_some() {
             let own_sid = nix::unistd::getsid(None)?.as_raw();
             if systty::session(stdin.as_fd()).ok() != Some(own_sid) {
-                bail!(
+                crate::refuse!(
                     "--shell-job: rcr's stdin is not its controlling terminal (run rcr restore from the job's new terminal)"
                 );
             }
